@@ -12,6 +12,7 @@ pub mod config;
 pub mod credential;
 pub mod error;
 pub mod forward;
+pub mod peer;
 pub mod proxy;
 pub mod server;
 
