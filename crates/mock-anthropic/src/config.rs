@@ -80,6 +80,9 @@ pub struct MockConfig {
     /// How far away the unified reset of an injected subscription rejection is.
     #[serde(rename = "subscription_reset_ms", with = "millis")]
     pub subscription_reset: Duration,
+    /// Keep at most this many [`crate::Record`]s (each holds a copy of the request headers);
+    /// later requests still count in the stats. Bounds memory in long benchmarks.
+    pub max_records: usize,
 }
 
 impl Default for MockConfig {
@@ -102,6 +105,7 @@ impl Default for MockConfig {
             subscription: false,
             subscription_rejected: false,
             subscription_reset: Duration::from_secs(5 * 3600),
+            max_records: 100_000,
         }
     }
 }

@@ -56,6 +56,9 @@ struct Args {
     /// Subscription mode: add the `anthropic-ratelimit-unified-*` headers.
     #[arg(long)]
     subscription: bool,
+    /// Keep at most this many request records (stats keep counting past it).
+    #[arg(long)]
+    max_records: Option<usize>,
 }
 
 impl Args {
@@ -76,6 +79,7 @@ impl Args {
             round_remaining: self.round_remaining,
             retry_after: !self.no_retry_after,
             subscription: self.subscription,
+            max_records: self.max_records.unwrap_or(d.max_records),
             ..d
         }
     }
