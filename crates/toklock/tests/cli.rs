@@ -27,6 +27,8 @@ fn start(extra: &[&str]) -> (Child, String, BufReader<std::process::ChildStderr>
             return (child, url.to_string(), stderr);
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("no banner from toklock");
 }
 
