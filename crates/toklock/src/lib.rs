@@ -14,6 +14,7 @@ pub mod error;
 pub mod forward;
 pub mod peer;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;
 
 pub use config::Config;
