@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod credential;
@@ -15,6 +16,7 @@ pub mod forward;
 pub mod peer;
 pub mod proxy;
 pub mod ratelimit;
+pub mod scheduler;
 pub mod server;
 
 pub use config::Config;
