@@ -15,6 +15,7 @@ pub mod error;
 pub mod forward;
 pub mod peer;
 pub mod proxy;
+pub mod queue;
 pub mod ratelimit;
 pub mod scheduler;
 pub mod server;
