@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod credential;
@@ -14,6 +15,9 @@ pub mod error;
 pub mod forward;
 pub mod peer;
 pub mod proxy;
+pub mod queue;
+pub mod ratelimit;
+pub mod scheduler;
 pub mod server;
 
 pub use config::Config;
