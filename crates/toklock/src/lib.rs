@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod body;
 pub mod budget;
 pub mod cli;
 pub mod config;
