@@ -649,6 +649,11 @@ async fn a_drained_lane_resumes_on_partial_refill_not_full_reset() {
         "pass-through calls waited {:?}",
         started.elapsed()
     );
+    assert!(
+        !waiting.is_finished(),
+        "the big request should still be waiting for its budget"
+    );
+    waiting.abort();
 }
 
 #[tokio::test]
