@@ -1,1 +1,172 @@
-//! TODO
+//! The command line, shared by the `toklock` binary and the Node addon's CLI entry so both
+//! accept exactly the same flags. Signal handling stays with the caller: this module only
+//! takes a `stop` future.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use http::Uri;
+
+use crate::config::Config;
+use crate::server::Proxy;
+
+/// Token-aware rate-limit queue proxy for the Anthropic API.
+///
+/// Point agents at it with ANTHROPIC_BASE_URL; they wait in fair per-agent queues instead of
+/// seeing 429s.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "toklock", version, about, long_about = None)]
+pub struct Args {
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, global = true, env = "TOKLOCK_PORT", default_value_t = 4000)]
+    pub port: u16,
+
+    /// Address to listen on. Use 0.0.0.0 to accept other hosts (the Docker image does).
+    #[arg(long, global = true, env = "TOKLOCK_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Upstream API base URL (http:// or https://).
+    #[arg(
+        long,
+        env = "TOKLOCK_UPSTREAM",
+        default_value = "https://api.anthropic.com"
+    )]
+    pub upstream: String,
+
+    /// Log level or tracing filter (error, warn, info, debug, trace).
+    #[arg(long, env = "TOKLOCK_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "TOKLOCK_MAX_BODY", default_value_t = 32 * 1024 * 1024)]
+    pub max_body: usize,
+
+    /// Seconds that open requests and streams may take to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "TOKLOCK_SHUTDOWN_GRACE", default_value_t = 30.0)]
+    pub shutdown_grace: f64,
+
+    /// Seconds to wait for the upstream's response headers before answering 504.
+    #[arg(long, env = "TOKLOCK_UPSTREAM_TIMEOUT", default_value_t = 600.0)]
+    pub upstream_timeout: f64,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Ask a running toklock whether it is healthy (exit 0) or not (exit 1). Needs no shell
+    /// or curl, so container health checks can use it.
+    Health {
+        /// Base URL of the proxy; defaults to the --host/--port settings.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+impl Args {
+    /// The runtime configuration these flags describe.
+    pub fn config(&self) -> Result<Config, String> {
+        let upstream: Uri = self
+            .upstream
+            .parse()
+            .map_err(|e| format!("invalid --upstream {:?}: {e}", self.upstream))?;
+        match upstream.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => {
+                return Err(format!(
+                    "invalid --upstream {:?}: it must start with http:// or https://",
+                    self.upstream
+                ))
+            }
+        }
+        if upstream.host().is_none() {
+            return Err(format!("invalid --upstream {:?}: no host", self.upstream));
+        }
+        Ok(Config {
+            listen: SocketAddr::new(self.host, self.port),
+            upstream,
+            max_body: self.max_body,
+            shutdown_grace: seconds("--shutdown-grace", self.shutdown_grace)?,
+            upstream_timeout: seconds("--upstream-timeout", self.upstream_timeout)?,
+        })
+    }
+}
+
+fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| format!("invalid {flag} {value}: expected a number of seconds >= 0"))
+}
+
+/// Installs a stderr logger once; later calls are no-ops (the addon may start many servers).
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Everything the binary does but signals: parse `argv`, then serve until `stop` resolves
+/// (draining open requests) or run a subcommand. Returns the process exit code.
+pub async fn main_with<I, T>(argv: I, stop: impl Future<Output = ()>) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(argv) {
+        Ok(args) => args,
+        Err(err) => {
+            let code = if err.use_stderr() { 2 } else { 0 };
+            let _ = err.print();
+            return code;
+        }
+    };
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("toklock: {message}");
+            return 2;
+        }
+    };
+    if let Some(Command::Health { url }) = &args.command {
+        return crate::admin::health_check(url.as_deref(), config.listen).await;
+    }
+    init_tracing(&args.log);
+    serve(config, stop).await
+}
+
+/// Binds, prints where to point agents, and serves until `stop`; then drains.
+pub async fn serve(config: Config, stop: impl Future<Output = ()>) -> i32 {
+    let proxy = match Proxy::bind(config).await {
+        Ok(proxy) => proxy,
+        Err(err) => {
+            eprintln!("toklock: {err}");
+            return 1;
+        }
+    };
+    let handle = proxy.spawn();
+    let _ = writeln!(
+        std::io::stderr(),
+        "toklock {} listening on {}\n  export ANTHROPIC_BASE_URL={}",
+        crate::VERSION,
+        handle.local_addr(),
+        handle.base_url(),
+    );
+    tokio::select! {
+        _ = stop => {
+            tracing::info!("shutting down: draining open requests");
+            handle.shutdown();
+            handle.closed().await;
+        }
+        _ = handle.closed() => {}
+    }
+    0
+}

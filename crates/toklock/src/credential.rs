@@ -64,6 +64,9 @@ mod tests {
         let mut b = HeaderMap::new();
         b.insert("authorization", "Bearer k1".parse().unwrap());
         assert_ne!(Fingerprint::of_request(&a), Fingerprint::of_request(&b));
-        assert_eq!(Fingerprint::of_request(&a), Fingerprint::of_request(&a.clone()));
+        assert_eq!(
+            Fingerprint::of_request(&a),
+            Fingerprint::of_request(&a.clone())
+        );
     }
 }

@@ -52,11 +52,27 @@ impl ApiError {
 
     /// The JSON body: `{"type":"error","error":{"type":...,"message":...}}`.
     pub fn body(&self) -> Bytes {
-        let value = serde_json::json!({
-            "type": "error",
-            "error": { "type": self.kind, "message": self.message },
-        });
-        Bytes::from(value.to_string())
+        // A struct, not a map, so `type` comes first as in Anthropic's own bodies.
+        #[derive(serde::Serialize)]
+        struct Envelope<'a> {
+            r#type: &'static str,
+            error: Inner<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Inner<'a> {
+            r#type: &'a str,
+            message: &'a str,
+        }
+        let envelope = Envelope {
+            r#type: "error",
+            error: Inner {
+                r#type: self.kind,
+                message: &self.message,
+            },
+        };
+        serde_json::to_vec(&envelope)
+            .map(Bytes::from)
+            .unwrap_or_default()
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
@@ -81,7 +97,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.kind,
+            self.message
+        )
     }
 }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod credential;
 pub mod error;
 pub mod forward;
+pub mod proxy;
 pub mod server;
 
 pub use config::Config;
