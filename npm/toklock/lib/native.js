@@ -1,0 +1,69 @@
+'use strict'
+// Loads the prebuilt addon through the napi-rs generated loader (../binding.js) and turns its
+// long list of load errors into one message a user can act on.
+
+const pkg = require('../package.json')
+
+const PREFIX = '@toklock/binding-'
+
+/** The loader's name for this machine, e.g. "linux-x64-gnu" or "darwin-arm64". */
+function platformKey() {
+  const { platform, arch } = process
+  if (platform === 'win32') return `${platform}-${arch}-msvc`
+  if (platform !== 'linux') return `${platform}-${arch}`
+  let glibc = true
+  try {
+    // excludeNetwork: without it, getReport() can hang for minutes on a broken resolver.
+    process.report.excludeNetwork = true
+    glibc = Boolean(process.report.getReport().header.glibcVersionRuntime)
+  } catch {
+    // Unknown: assume glibc, as the loader does.
+  }
+  return `${platform}-${arch}-${glibc ? 'gnu' : 'musl'}`
+}
+
+function supportedKeys() {
+  return Object.keys(pkg.optionalDependencies || {})
+    .filter((name) => name.startsWith(PREFIX))
+    .map((name) => name.slice(PREFIX.length))
+}
+
+function firstCause(err) {
+  let cause = err && err.cause
+  while (cause && cause.cause && !cause.message) cause = cause.cause
+  return cause && cause.message ? String(cause.message).split('\n')[0] : ''
+}
+
+/** Builds the single error shown when the addon cannot be loaded. */
+function loadError(err) {
+  const key = platformKey()
+  const supported = supportedKeys()
+  let message
+  if (supported.includes(key)) {
+    const name = `${PREFIX}${key}@${pkg.version}`
+    message =
+      `toklock: the prebuilt binary for this platform (${key}) could not be loaded. ` +
+      `It comes from the optional dependency ${name}: reinstall toklock without ` +
+      `--omit=optional / --no-optional (with npm, deleting node_modules and package-lock.json ` +
+      `first avoids npm's optional-dependency bug, npm/cli#4828).`
+    const detail = firstCause(err)
+    if (detail) message += ` Loader error: ${detail}`
+  } else {
+    message =
+      `toklock: there is no prebuilt binary for this platform (${key}). ` +
+      `Supported platforms: ${supported.join(', ')}.`
+  }
+  const error = new Error(message)
+  error.code = 'TOKLOCK_NO_BINARY'
+  error.cause = err
+  return error
+}
+
+let binding
+try {
+  binding = require('../binding.js')
+} catch (err) {
+  throw loadError(err)
+}
+
+module.exports = { binding, platformKey, supportedKeys }
