@@ -61,10 +61,3 @@ export declare function start(options?: number | StartOptions): Promise<Server>
 
 /** The toklock version compiled into the native addon, e.g. "0.1.0". */
 export declare const version: string
-
-declare const toklock: {
-  start: typeof start
-  version: typeof version
-  Server: typeof Server
-}
-export default toklock

@@ -18,13 +18,19 @@ try {
 }
 
 const cli = new binding.Cli()
-let signals = 0
+
+// Ctrl-C under `npx` reaches this process twice: from the terminal (the whole process group)
+// and again from npm, which forwards SIGINT/SIGTERM to its child. Signals this close together
+// are one request; only a later one means "stop now".
+const SAME_SIGNAL_MS = 500
+let firstSignalAt = 0
 
 function onSignal() {
-  signals += 1
-  if (signals === 1) {
+  const now = Date.now()
+  if (firstSignalAt === 0) {
+    firstSignalAt = now
     cli.stop()
-  } else {
+  } else if (now - firstSignalAt > SAME_SIGNAL_MS) {
     process.stderr.write('toklock: second signal, exiting now\n')
     process.exit(130)
   }
