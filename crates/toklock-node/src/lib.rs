@@ -303,6 +303,19 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_becomes_an_error_with_its_message() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let err = runtime
+            .block_on(guarded(
+                std::future::ready(()).map(|()| -> Result<()> { panic!("boom {}", 42) }),
+            ))
+            .unwrap_err();
+        assert_eq!(err.reason, "toklock panicked: boom 42");
+    }
+
+    #[test]
     fn localhost_and_ipv6_hosts() {
         let config = config_from(&StartOptions {
             host: Some("localhost".into()),

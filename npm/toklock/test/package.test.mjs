@@ -87,3 +87,8 @@ test('the tarball has the API, loader, types and bin, and no tests or binaries',
   ])
   assert.equal(readFileSync(join(pkgDir, 'LICENSE'), 'utf8'), readFileSync(join(root, 'LICENSE'), 'utf8'))
 })
+
+test('no Cargo profile aborts on panic (a panic in the addon would kill the host Node)', () => {
+  const cargoToml = readFileSync(join(root, 'Cargo.toml'), 'utf8')
+  assert.doesNotMatch(cargoToml, /^\s*panic\s*=\s*"abort"/m)
+})
