@@ -40,6 +40,9 @@ pub struct MockConfig {
     /// `count_tokens` requests per minute, per credential (a bucket of its own, like the
     /// real API, so it never drains the Messages buckets).
     pub count_tokens_requests_per_minute: u64,
+    /// How full a new (credential, family) set of Messages buckets starts: 1.0 = full (the
+    /// real API's state for an idle key), 0.0 = empty, so a test is under pressure at once.
+    pub initial_fill: f64,
     /// How output tokens are charged.
     pub output_mode: OutputMode,
     /// Round the token `-remaining` headers to the nearest 1,000 like the real API.
@@ -80,6 +83,9 @@ pub struct MockConfig {
     /// How far away the unified reset of an injected subscription rejection is.
     #[serde(rename = "subscription_reset_ms", with = "millis")]
     pub subscription_reset: Duration,
+    /// Keep at most this many [`crate::Record`]s (each holds a copy of the request headers);
+    /// later requests still count in the stats. Bounds memory in long benchmarks.
+    pub max_records: usize,
 }
 
 impl Default for MockConfig {
@@ -89,6 +95,7 @@ impl Default for MockConfig {
             input_tokens_per_minute: 1_000_000_000,
             output_tokens_per_minute: 100_000_000,
             count_tokens_requests_per_minute: 1_000_000,
+            initial_fill: 1.0,
             output_mode: OutputMode::Reserve,
             round_remaining: false,
             first_byte_latency: Duration::ZERO,
@@ -102,6 +109,7 @@ impl Default for MockConfig {
             subscription: false,
             subscription_rejected: false,
             subscription_reset: Duration::from_secs(5 * 3600),
+            max_records: 100_000,
         }
     }
 }

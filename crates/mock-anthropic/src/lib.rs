@@ -21,7 +21,12 @@
 //! - A request that can never fit (cost above a bucket's per-minute limit) gets a 429
 //!   `rate_limit_error` with `x-should-retry: false` and no `retry-after`.
 //! - `tokens-*` headers copy whichever of input/output has less remaining.
-//! - Remaining tokens are exact unless [`MockConfig::round_remaining`] is on.
+//! - Remaining tokens are exact unless [`MockConfig::round_remaining`] is on; gzip is off
+//!   unless [`MockConfig::gzip`] is on (both keep raw tests and benchmarks simple).
+//! - Injected errors (529, spend limit, subscription rejection) charge nothing but still
+//!   carry the rate-limit headers; a non-matching method on a known path is a 404.
+//! - Output of a non-streaming call is charged in full even if the client leaves early
+//!   (generation happens upstream anyway); a dropped stream is charged what it sent.
 //! - Out-of-process users can read `GET /_mock/stats`, `POST /_mock/reset`,
 //!   `POST /_mock/reset-buckets`, and read or patch the config with `GET`/`POST /_mock/config`.
 

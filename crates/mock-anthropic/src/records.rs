@@ -1,5 +1,9 @@
-//! What the mock saw, for assertions: one [`Record`] per request served, plus counters and
-//! the JSON summary served at `GET /_mock/stats`.
+//! What the mock saw, for assertions: one [`Record`] per request served, plus running
+//! tallies (the JSON summary served at `GET /_mock/stats`).
+//!
+//! Tallies are kept incrementally rather than derived from the records, so they stay right
+//! after [`crate::MockConfig::max_records`] stops the record list from growing during a long
+//! benchmark.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -38,14 +42,43 @@ pub struct Record {
     pub end: Option<Instant>,
 }
 
+/// Per-caller or per-credential totals in `GET /_mock/stats`.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Tally {
+    pub requests: u64,
+    pub input_tokens: u64,
+    /// Added when each response ends.
+    pub output_tokens: u64,
+    pub rate_limited: u64,
+    pub overloaded: u64,
+}
+
+/// The JSON body of `GET /_mock/stats`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    pub total: Tally,
+    pub active: usize,
+    pub peak_concurrency: usize,
+    /// Requests counted in the tallies but not kept as records (over `max_records`).
+    pub records_not_kept: u64,
+    /// Keyed by caller tag; untagged requests under `"(none)"`.
+    pub by_caller: BTreeMap<String, Tally>,
+    /// Keyed by credential; requests without one under `"(none)"`.
+    pub by_credential: BTreeMap<String, Tally>,
+}
+
+const NONE: &str = "(none)";
+
+/// Where a published request lives: the log generation and its index, if it was kept.
+type Slot = (u64, Option<usize>);
+
 /// The log behind [`crate::MockServer::records`]. `epoch` changes on reset so a response
-/// still in flight cannot write into a record of the new generation.
+/// still in flight cannot write into the new generation.
 #[derive(Debug, Default)]
 pub(crate) struct RecordLog {
     epoch: u64,
     records: Vec<Record>,
-    rate_limited: u64,
-    overloaded: u64,
+    stats: Stats,
 }
 
 impl RecordLog {
@@ -53,36 +86,53 @@ impl RecordLog {
         self.records.clone()
     }
 
-    pub fn rate_limited(&self) -> u64 {
-        self.rate_limited
-    }
-
-    pub fn overloaded(&self) -> u64 {
-        self.overloaded
+    pub fn stats(&self) -> Stats {
+        self.stats.clone()
     }
 
     pub fn reset(&mut self) {
         self.epoch += 1;
-        self.records.clear();
-        self.rate_limited = 0;
-        self.overloaded = 0;
+        self.records = Vec::new();
+        self.stats = Stats::default();
     }
 
-    fn push(&mut self, r: Record) -> (u64, usize) {
-        match r.status {
-            429 => self.rate_limited += 1,
-            529 => self.overloaded += 1,
-            _ => {}
+    fn tallies<'a>(
+        stats: &'a mut Stats,
+        caller: &Option<String>,
+        credential: &Option<String>,
+    ) -> [&'a mut Tally; 3] {
+        let key = |k: &Option<String>| k.clone().unwrap_or_else(|| NONE.to_string());
+        [
+            &mut stats.total,
+            stats.by_caller.entry(key(caller)).or_default(),
+            stats.by_credential.entry(key(credential)).or_default(),
+        ]
+    }
+
+    fn push(&mut self, r: Record, max_records: usize) -> Slot {
+        for t in Self::tallies(&mut self.stats, &r.caller, &r.credential) {
+            t.requests += 1;
+            t.input_tokens += r.input_tokens;
+            t.rate_limited += u64::from(r.status == 429);
+            t.overloaded += u64::from(r.status == 529);
         }
-        self.records.push(r);
-        (self.epoch, self.records.len() - 1)
+        if self.records.len() < max_records {
+            self.records.push(r);
+            (self.epoch, Some(self.records.len() - 1))
+        } else {
+            self.stats.records_not_kept += 1;
+            (self.epoch, None)
+        }
     }
 
-    fn finish(&mut self, slot: (u64, usize), end: Instant, output_tokens: u64) {
+    fn finish(&mut self, slot: Slot, who: &Who, end: Instant, output_tokens: u64) {
         if slot.0 != self.epoch {
             return;
         }
-        if let Some(r) = self.records.get_mut(slot.1) {
+        for t in Self::tallies(&mut self.stats, &who.caller, &who.credential) {
+            t.output_tokens += output_tokens;
+        }
+        if let Some(r) = slot.1.and_then(|i| self.records.get_mut(i)) {
             r.end = Some(end);
             r.output_tokens = output_tokens;
         }
@@ -97,14 +147,22 @@ pub(crate) struct Settle {
     pub reserved: u64,
 }
 
+/// The tally keys of a request, kept by the guard since its record may not be.
+#[derive(Debug)]
+struct Who {
+    caller: Option<String>,
+    credential: Option<String>,
+}
+
 /// Lives from request arrival until the response body ends or is dropped. Dropping it is
 /// what settles output tokens, stamps the record's end and ends the "active" count, so a
 /// client that disconnects mid-stream is accounted for with no extra code path.
 #[derive(Debug)]
 pub(crate) struct Finish {
     shared: Arc<Shared>,
-    draft: Option<Record>,
-    slot: Option<(u64, usize)>,
+    draft: Option<Box<Record>>,
+    who: Who,
+    slot: Option<Slot>,
     pub settle: Option<Settle>,
     /// Output tokens generated so far (streams bump it per delta).
     pub generated: u64,
@@ -113,9 +171,14 @@ pub(crate) struct Finish {
 impl Finish {
     pub fn begin(shared: Arc<Shared>, draft: Record) -> Self {
         shared.enter();
+        let who = Who {
+            caller: draft.caller.clone(),
+            credential: draft.credential.clone(),
+        };
         Self {
             shared,
-            draft: Some(draft),
+            draft: Some(Box::new(draft)),
+            who,
             slot: None,
             settle: None,
             generated: 0,
@@ -124,7 +187,7 @@ impl Finish {
 
     /// The record being built; `None` once published.
     pub fn draft(&mut self) -> Option<&mut Record> {
-        self.draft.as_mut()
+        self.draft.as_deref_mut()
     }
 
     /// The response status is known: make the record visible.
@@ -132,7 +195,8 @@ impl Finish {
         if let Some(mut r) = self.draft.take() {
             r.status = status;
             r.output_tokens = self.generated;
-            self.slot = Some(lock(&self.shared.log).push(r));
+            let max = lock(&self.shared.config).max_records;
+            self.slot = Some(lock(&self.shared.log).push(*r, max));
         }
     }
 }
@@ -151,70 +215,20 @@ impl Drop for Finish {
                 end,
             );
         }
-        {
-            let mut log = lock(&self.shared.log);
-            if let Some(mut r) = self.draft.take() {
-                r.status = 499;
-                r.end = Some(end);
-                r.output_tokens = self.generated;
-                log.push(r);
-            } else if let Some(slot) = self.slot {
-                log.finish(slot, end, self.generated);
-            }
+        if self.draft.is_some() {
+            // The client left before the response headers.
+            self.publish(499);
+        }
+        if let Some(slot) = self.slot {
+            lock(&self.shared.log).finish(slot, &self.who, end, self.generated);
         }
         self.shared.leave();
     }
 }
 
-/// Per-caller or per-credential totals in `GET /_mock/stats`.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Tally {
-    pub requests: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub rate_limited: u64,
-    pub overloaded: u64,
-}
-
-impl Tally {
-    fn add(&mut self, r: &Record) {
-        self.requests += 1;
-        self.input_tokens += r.input_tokens;
-        self.output_tokens += r.output_tokens;
-        self.rate_limited += u64::from(r.status == 429);
-        self.overloaded += u64::from(r.status == 529);
-    }
-}
-
-/// The JSON body of `GET /_mock/stats`.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Stats {
-    pub total: Tally,
-    pub active: usize,
-    pub peak_concurrency: usize,
-    /// Keyed by caller tag; untagged requests under `"(none)"`.
-    pub by_caller: BTreeMap<String, Tally>,
-    /// Keyed by credential; requests without one under `"(none)"`.
-    pub by_credential: BTreeMap<String, Tally>,
-}
-
 pub(crate) fn stats(shared: &Shared) -> Stats {
-    let mut s = Stats {
-        active: shared.active.load(Ordering::SeqCst),
-        peak_concurrency: shared.peak.load(Ordering::SeqCst),
-        ..Stats::default()
-    };
-    let none = || "(none)".to_string();
-    for r in lock(&shared.log).records.iter() {
-        s.total.add(r);
-        s.by_caller
-            .entry(r.caller.clone().unwrap_or_else(none))
-            .or_default()
-            .add(r);
-        s.by_credential
-            .entry(r.credential.clone().unwrap_or_else(none))
-            .or_default()
-            .add(r);
-    }
+    let mut s = lock(&shared.log).stats();
+    s.active = shared.active.load(Ordering::SeqCst);
+    s.peak_concurrency = shared.peak.load(Ordering::SeqCst);
     s
 }

@@ -92,12 +92,12 @@ impl MockServer {
 
     /// 429s answered (rate-limit, spend-limit and subscription ones alike).
     pub fn rate_limited_count(&self) -> u64 {
-        lock(&self.shared.log).rate_limited()
+        stats(&self.shared).total.rate_limited
     }
 
     /// 529s answered.
     pub fn overloaded_count(&self) -> u64 {
-        lock(&self.shared.log).overloaded()
+        stats(&self.shared).total.overloaded
     }
 
     /// Forget records and counters; the peak restarts from the current in-flight count.

@@ -25,6 +25,15 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBo
                 "uptime_s": shared.started.elapsed().as_secs(),
             }),
         ),
+        (&Method::GET, "/toklock/status") => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "version": crate::VERSION,
+                "uptime_s": shared.started.elapsed().as_secs(),
+                "fair_by": shared.config.fair_by.to_string(),
+                "queue": shared.queue.snapshot(),
+            }),
+        ),
         (_, path) => ApiError::not_found(format!("toklock has no endpoint {path}")).into_response(),
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use http::Uri;
 
+use crate::agent::FairBy;
 use crate::config::Config;
+use crate::scheduler::{PolicyKind, SchedulerConfig};
 use crate::server::Proxy;
 
 /// Token-aware rate-limit queue proxy for the Anthropic API.
@@ -53,8 +55,56 @@ pub struct Args {
     #[arg(long, env = "TOKLOCK_UPSTREAM_TIMEOUT", default_value_t = 600.0)]
     pub upstream_timeout: f64,
 
+    /// What one agent is, for fair queueing: auto, connection, process, ip, api-key or
+    /// header:NAME. `auto` takes the x-toklock-agent header or an /a/NAME path prefix, then
+    /// Claude Code's session id, then the client process, then the connection.
+    #[arg(long, env = "TOKLOCK_FAIR_BY", default_value = "auto")]
+    pub fair_by: FairBy,
+
+    /// How the next request is chosen among agents that have work.
+    #[arg(
+        long,
+        env = "TOKLOCK_SCHEDULE",
+        value_enum,
+        default_value = "round-robin"
+    )]
+    pub schedule: Schedule,
+
+    /// Requests in flight per budget while it has plenty left.
+    #[arg(long, env = "TOKLOCK_MAX_INFLIGHT", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_inflight: u32,
+
+    /// Below this many tokens left (capped at a third of the bucket's limit), one at a time.
+    #[arg(long, env = "TOKLOCK_SLOW_BELOW", default_value_t = 10_000)]
+    pub slow_below: u64,
+
+    /// Below this many tokens left (capped at a tenth of the bucket's limit), pause until
+    /// enough has refilled.
+    #[arg(long, env = "TOKLOCK_PAUSE_BELOW", default_value_t = 3_000)]
+    pub pause_below: u64,
+
+    /// Body bytes held in queues and in flight before new requests get 503.
+    #[arg(long, env = "TOKLOCK_MAX_QUEUED_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub max_queued_bytes: u64,
+
+    /// Seconds a request may wait in its queue before the caller gets 504 (default: no
+    /// limit; wait as long as the client does).
+    #[arg(long, env = "TOKLOCK_MAX_WAIT")]
+    pub max_wait: Option<f64>,
+
+    /// Times one request is retried after a 529 or 503 before the caller gets it.
+    #[arg(long, env = "TOKLOCK_OVERLOAD_RETRIES", default_value_t = 5)]
+    pub overload_retries: u32,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Scheduling policies among agents.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Take turns: one request per agent per round.
+    RoundRobin,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -93,6 +143,22 @@ impl Args {
             max_body: self.max_body,
             shutdown_grace: seconds("--shutdown-grace", self.shutdown_grace)?,
             upstream_timeout: seconds("--upstream-timeout", self.upstream_timeout)?,
+            fair_by: self.fair_by.clone(),
+            scheduler: SchedulerConfig {
+                max_inflight: self.max_inflight as usize,
+                slow_below: self.slow_below,
+                pause_below: self.pause_below,
+                overload_retries: self.overload_retries,
+                max_queued_bytes: self.max_queued_bytes,
+                policy: match self.schedule {
+                    Schedule::RoundRobin => PolicyKind::RoundRobin,
+                },
+                ..SchedulerConfig::default()
+            },
+            max_wait: self
+                .max_wait
+                .map(|s| seconds("--max-wait", s))
+                .transpose()?,
         })
     }
 }

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use http::Uri;
 
+use crate::agent::FairBy;
+use crate::scheduler::SchedulerConfig;
+
 /// Everything a running proxy needs to know. Built from the CLI (`cli::Args`) or by hand.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -18,6 +21,13 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long to wait for the upstream's response headers before answering 504.
     pub upstream_timeout: Duration,
+    /// What one agent (one fair queue) is.
+    pub fair_by: FairBy,
+    /// Budget watermarks, concurrency, retries and the memory cap of the queues.
+    pub scheduler: SchedulerConfig,
+    /// Longest a request may wait in its queue before the caller gets 504; None waits as
+    /// long as the client does.
+    pub max_wait: Option<Duration>,
 }
 
 impl Default for Config {
@@ -28,6 +38,9 @@ impl Default for Config {
             max_body: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             upstream_timeout: Duration::from_secs(600),
+            fair_by: FairBy::default(),
+            scheduler: SchedulerConfig::default(),
+            max_wait: None,
         }
     }
 }

@@ -7,12 +7,18 @@
 
 pub mod admin;
 pub mod agent;
+pub mod body;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod error;
 pub mod forward;
+pub mod peer;
 pub mod proxy;
+pub mod queue;
+pub mod ratelimit;
+pub mod scheduler;
 pub mod server;
 
 pub use config::Config;

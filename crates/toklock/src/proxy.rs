@@ -1,30 +1,47 @@
-//! One request's way through toklock: admin endpoints, body limits, then the forwarder.
+//! One request's way through toklock: admin endpoints, body limits, then either straight to
+//! the upstream or, for inference calls, through the fair queue and its budget.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, Request, Response};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::agent::{self, ConnectionInfo};
+use crate::body::HeldBody;
 use crate::config::Config;
-use crate::error::{ApiError, ProxyBody};
+use crate::credential::Fingerprint;
+use crate::error::{full, ApiError, ProxyBody};
 use crate::forward::Upstream;
+use crate::queue::{Queue, Slot, Ticket};
+use crate::ratelimit::{classify_429, Classified429};
+use crate::scheduler::BudgetKey;
+
+/// Time spent waiting in toklock's queue, on every proxied response.
+pub const QUEUE_MS_HEADER: &str = "x-toklock-queue-ms";
+
+/// The most of an upstream 429 body read to tell a spend-limit 429 from an ordinary one.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// State shared by every connection of one proxy.
 pub struct Shared {
     pub config: Config,
     pub upstream: Upstream,
-    pub started: std::time::Instant,
+    pub queue: Queue,
+    pub started: Instant,
 }
 
 impl Shared {
+    /// Needs a tokio runtime (the queue spawns its wake-up task).
     pub fn new(config: &Config, upstream: Upstream) -> Shared {
         Shared {
             config: config.clone(),
             upstream,
-            started: std::time::Instant::now(),
+            queue: Queue::new(config.scheduler),
+            started: Instant::now(),
         }
     }
 }
@@ -32,14 +49,17 @@ impl Shared {
 /// What toklock knows about the client connection a request came on.
 #[derive(Clone)]
 pub struct Connection {
-    pub id: u64,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
+    pub info: ConnectionInfo,
 }
 
 impl Connection {
-    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr, _shared: &Shared) -> Connection {
-        Connection { id, peer, local }
+    /// Starts the client-process lookup off the hot path when the fairness key may need it.
+    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr, shared: &Shared) -> Connection {
+        let info = ConnectionInfo::new(id, peer, local);
+        if shared.config.fair_by.needs_process_lookup() {
+            info.start_process_lookup();
+        }
+        Connection { info }
     }
 }
 
@@ -59,23 +79,167 @@ pub async fn handle(
     }
 }
 
+/// Only inference calls spend the budget; everything else (probes, model lists, token
+/// counting) goes straight through and never waits behind them.
+pub fn is_scheduled(method: &Method, path: &str) -> bool {
+    method == Method::POST && matches!(path, "/v1/messages" | "/v1/complete")
+}
+
 async fn forward(
     req: Request<Incoming>,
     shared: &Shared,
-    _conn: &Connection,
+    conn: &Connection,
 ) -> Result<Response<ProxyBody>, ApiError> {
-    let (parts, body) = req.into_parts();
+    let arrived = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    // `/a/NAME/...` names the agent; the upstream never sees the prefix.
+    let path_name = agent::strip_agent_prefix(&parts.uri).map(|(name, uri)| {
+        parts.uri = uri;
+        name
+    });
     let body = read_body(&parts.headers, body, shared.config.max_body).await?;
     let path_and_query = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
-        .unwrap_or("/");
-    let request = shared
-        .upstream
-        .request(&parts.method, path_and_query, &parts.headers, body)?;
-    let response = shared.upstream.send(request).await?;
-    Ok(response.map(|body| body.boxed()))
+        .unwrap_or("/")
+        .to_string();
+    let send = |body: Bytes| async {
+        let request =
+            shared
+                .upstream
+                .request(&parts.method, &path_and_query, &parts.headers, body)?;
+        shared.upstream.send(request).await
+    };
+
+    if !is_scheduled(&parts.method, parts.uri.path()) {
+        let mut response = send(body).await?.map(|b| b.boxed());
+        set_queue_ms(&mut response, Duration::ZERO);
+        return Ok(response);
+    }
+
+    let agent = agent::identify(
+        &shared.config.fair_by,
+        &parts.headers,
+        path_name.as_deref(),
+        &conn.info,
+    )
+    .await;
+    let key = BudgetKey::new(Fingerprint::of_request(&parts.headers), &model_of(&body));
+    let lane = format!("{}/{}", key.credential, key.family);
+    tracing::debug!(%agent, %lane, bytes = body.len(), "queued");
+    let ticket = shared.queue.admit(agent, key, body.len()).map_err(|over| {
+        ApiError::overloaded(format!(
+            "toklock's queues are full ({} of {} bytes held); try again shortly (--max-queued-bytes)",
+            over.held_bytes, over.max_queued_bytes
+        ))
+    })?;
+    let deadline = shared.config.max_wait.map(|wait| arrived + wait);
+    let mut slot = wait_turn(ticket, deadline, shared.config.max_wait).await?;
+
+    loop {
+        let response = match send(body.clone()).await {
+            Ok(response) => response,
+            Err(err) => return Err(err),
+        };
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let (parts, error_body) = response.into_parts();
+            let error_body = read_capped(error_body).await;
+            match classify_429(&parts.headers, &error_body) {
+                Classified429::Retryable => {
+                    tracing::info!(%lane, "upstream 429: requeued at the front");
+                    slot = wait_turn(
+                        slot.rate_limited(&parts.headers),
+                        deadline,
+                        shared.config.max_wait,
+                    )
+                    .await?;
+                    continue;
+                }
+                Classified429::PassThrough(reason) => {
+                    tracing::warn!(%lane, ?reason, "upstream 429 passed to the caller");
+                    slot.observe(status, &parts.headers);
+                    let mut response = Response::from_parts(parts, full(error_body));
+                    set_queue_ms(&mut response, slot.queue_wait());
+                    return Ok(response);
+                }
+            }
+        }
+        if status == StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            || status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            match slot.overloaded(response.headers()) {
+                Ok(ticket) => {
+                    tracing::info!(%lane, %status, "upstream overloaded: retrying after a backoff");
+                    // Let go of the failed response before waiting.
+                    drop(response);
+                    slot = wait_turn(ticket, deadline, shared.config.max_wait).await?;
+                    continue;
+                }
+                Err(kept) => slot = kept,
+            }
+        } else {
+            slot.observe(status, response.headers());
+        }
+        let waited = slot.queue_wait();
+        let mut response = response.map(|inner| HeldBody::new(inner, slot).boxed());
+        set_queue_ms(&mut response, waited);
+        return Ok(response);
+    }
+}
+
+/// Waits for the queue to hand out a slot, up to the `--max-wait` deadline.
+async fn wait_turn(
+    ticket: Ticket,
+    deadline: Option<Instant>,
+    max_wait: Option<Duration>,
+) -> Result<Slot, ApiError> {
+    let outcome = match deadline {
+        None => ticket.await,
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, ticket).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    return Err(ApiError::gateway_timeout(format!(
+                        "the request waited in toklock's queue longer than --max-wait ({} s) for the rate limit to allow it",
+                        max_wait.unwrap_or_default().as_secs_f64()
+                    )))
+                }
+            }
+        }
+    };
+    outcome.map_err(|closed| ApiError::overloaded(closed.to_string()))
+}
+
+fn set_queue_ms<B>(response: &mut Response<B>, waited: Duration) {
+    response.headers_mut().insert(
+        QUEUE_MS_HEADER,
+        HeaderValue::from(waited.as_millis() as u64),
+    );
+}
+
+/// The `model` field of a Messages body, which picks the budget (limits are per family).
+/// Anything unreadable shares one "unknown" budget; the upstream will judge the body.
+pub fn model_of(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct ModelOnly {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<ModelOnly>(body)
+        .ok()
+        .and_then(|m| m.model)
+        .unwrap_or_default()
+}
+
+/// Reads an upstream error body, keeping at most `MAX_ERROR_BODY` bytes.
+async fn read_capped(body: Incoming) -> Bytes {
+    let read = Limited::new(body, MAX_ERROR_BODY).collect();
+    match tokio::time::timeout(Duration::from_secs(30), read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        _ => Bytes::new(),
+    }
 }
 
 /// Reads the whole request body (it may have to be sent more than once), refusing more than
@@ -103,5 +267,30 @@ pub async fn read_body(
         Err(err) => Err(ApiError::invalid_request(format!(
             "could not read the request body: {err}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_inference_calls_are_scheduled() {
+        assert!(is_scheduled(&Method::POST, "/v1/messages"));
+        assert!(is_scheduled(&Method::POST, "/v1/complete"));
+        assert!(!is_scheduled(&Method::POST, "/v1/messages/count_tokens"));
+        assert!(!is_scheduled(&Method::GET, "/v1/models"));
+        assert!(!is_scheduled(&Method::HEAD, "/"));
+        assert!(!is_scheduled(&Method::GET, "/v1/messages"));
+    }
+
+    #[test]
+    fn model_is_read_from_the_body_or_left_empty() {
+        assert_eq!(
+            model_of(br#"{"max_tokens":5,"model":"claude-opus-4-1"}"#),
+            "claude-opus-4-1"
+        );
+        assert_eq!(model_of(b"not json"), "");
+        assert_eq!(model_of(br#"{"model":7}"#), "");
     }
 }

@@ -1,0 +1,163 @@
+//! The `toklock` binary as a user runs it: banner, errors, signals, exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_toklock");
+
+/// Starts toklock on a free port and returns it with the base URL from its banner.
+fn start(extra: &[&str]) -> (Child, String, BufReader<std::process::ChildStderr>) {
+    let mut child = Command::new(BIN)
+        .args(["--port", "0", "--upstream", "http://127.0.0.1:1"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("toklock starts");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(url) = line.trim().strip_prefix("export ANTHROPIC_BASE_URL=") {
+            return (child, url.to_string(), stderr);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("no banner from toklock");
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn sigterm_and_sigint_exit_zero() {
+    for sig in ["TERM", "INT"] {
+        let (mut child, url, _err) = start(&[]);
+        assert!(url.starts_with("http://127.0.0.1:"));
+        signal(&child, sig);
+        assert_eq!(
+            wait_exit(&mut child, Duration::from_secs(10)),
+            Some(0),
+            "SIG{sig}"
+        );
+    }
+}
+
+#[test]
+fn health_subcommand_reports_a_running_proxy() {
+    let (mut child, url, _err) = start(&[]);
+    let out = Command::new(BIN)
+        .args(["health", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"ok\""));
+    signal(&child, "TERM");
+    wait_exit(&mut child, Duration::from_secs(10));
+    let out = Command::new(BIN)
+        .args(["health", "--url", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a stopped proxy is unhealthy");
+}
+
+#[test]
+fn port_in_use_is_one_line_and_non_zero() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(BIN).args(["--port", &port]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line, got: {err}");
+    assert!(
+        err.contains("already in use") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flags_fail_without_a_panic() {
+    for args in [
+        &["--bogus"][..],
+        &["--port", "99999"],
+        &["--upstream", "ftp://x"],
+        &["--host", "nohost"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("toklock {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--port",
+        "--host",
+        "--upstream",
+        "--log",
+        "--max-body",
+        "--shutdown-grace",
+        "TOKLOCK_PORT",
+    ] {
+        assert!(help.contains(flag), "--help should mention {flag}");
+    }
+}
+
+#[test]
+fn env_twins_configure_the_listener() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let mut child = Command::new(BIN)
+        .env("TOKLOCK_PORT", port.to_string())
+        .env("TOKLOCK_HOST", "127.0.0.1")
+        .env("TOKLOCK_UPSTREAM", "http://127.0.0.1:1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut banner = String::new();
+    stderr.read_line(&mut banner).unwrap();
+    assert!(banner.contains(&format!("127.0.0.1:{port}")), "{banner}");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(0));
+}

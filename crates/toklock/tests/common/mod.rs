@@ -1,0 +1,124 @@
+//! Shared test plumbing: a mock upstream and a toklock in front of it, both on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mock_anthropic::{MockConfig, MockServer};
+use toklock::{Config, Proxy, ProxyHandle};
+
+pub const KEY: &str = "sk-ant-test-key-0001";
+
+pub struct Pair {
+    pub mock: MockServer,
+    pub proxy: ProxyHandle,
+}
+
+impl Pair {
+    pub async fn start(mock: MockConfig, edit: impl FnOnce(&mut Config)) -> Pair {
+        let mock = MockServer::start(mock).await.expect("mock starts");
+        let proxy = start_proxy(&mock.url(), edit).await;
+        Pair { mock, proxy }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.proxy.base_url(), path)
+    }
+}
+
+pub async fn start_proxy(upstream: &str, edit: impl FnOnce(&mut Config)) -> ProxyHandle {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: upstream.parse().unwrap(),
+        ..Config::default()
+    };
+    edit(&mut config);
+    Proxy::bind(config).await.expect("proxy binds").spawn()
+}
+
+pub type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A Messages request body with `max_tokens` and an optional stream flag.
+pub fn message_body(model: &str, max_tokens: u64, stream: bool) -> String {
+    serde_json::json!({
+        "model": model,
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Hello there, how are you today?"}],
+    })
+    .to_string()
+}
+
+pub fn post(url: &str, body: impl Into<Bytes>, extra: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut request = Request::post(url)
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .header("x-api-key", KEY)
+        .body(Full::new(body.into()))
+        .unwrap();
+    // Extra headers replace the defaults (a test may use another API key).
+    for (name, value) in extra {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    request
+}
+
+pub async fn send(client: &TestClient, request: Request<Full<Bytes>>) -> Response<Incoming> {
+    tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .expect("response within 30 s")
+        .expect("request succeeds")
+}
+
+/// Reads a whole response: status, headers, body bytes.
+pub async fn collect(response: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) {
+    let (parts, body) = response.into_parts();
+    let bytes = tokio::time::timeout(Duration::from_secs(30), body.collect())
+        .await
+        .expect("body within 30 s")
+        .expect("body reads")
+        .to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
+pub fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+/// Next data frame of a streaming body, as text.
+pub async fn next_frame(body: &mut Incoming) -> Option<String> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), body.frame())
+            .await
+            .expect("frame within 30 s")?
+            .expect("frame reads");
+        if let Ok(data) = frame.into_data() {
+            return Some(String::from_utf8_lossy(&data).into_owned());
+        }
+    }
+}
+
+/// Waits up to `limit` for `check` to hold.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
