@@ -13,6 +13,25 @@ export interface StartOptions {
   /** Seconds to wait for the upstream's response headers before answering 504. Default 600. */
   upstreamTimeout?: number
   /**
+   * What one agent (one fair queue) is, like `--fair-by`: "auto" (the x-toklock-agent header
+   * or an /a/NAME path prefix, then Claude Code's session, then the client process, then the
+   * connection), "connection", "process", "ip", "api-key" or "header:NAME". Default "auto".
+   */
+  fairBy?: string
+  /** Requests in flight per budget while it has plenty left, 1 to 1000. Default 3. */
+  maxInflight?: number
+  /** Tokens left in a bucket below which its lane narrows to one request. Default 10000. */
+  slowBelow?: number
+  /** Tokens left in a bucket below which its lane pauses. Default 3000. */
+  pauseBelow?: number
+  /** Body bytes queued or in flight before new requests are refused. Default 512 MiB. */
+  maxQueuedBytes?: number
+  /** Longest a request may wait in its queue, in seconds, before the caller gets a 504.
+   *  Default: as long as the client waits. */
+  maxWait?: number
+  /** Times one request is requeued after a 529/503 before the caller gets it. Default 5. */
+  overloadRetries?: number
+  /**
    * Filter for toklock's logs on stderr: "error", "warn", "info", "debug", "trace" or a
    * tracing filter. Default "warn". The first server (or CLI run) in a process sets it.
    */

@@ -11,6 +11,13 @@ const OPTION_TYPES = {
   maxBody: 'number',
   shutdownGrace: 'number',
   upstreamTimeout: 'number',
+  fairBy: 'string',
+  maxInflight: 'number',
+  slowBelow: 'number',
+  pauseBelow: 'number',
+  maxQueuedBytes: 'number',
+  maxWait: 'number',
+  overloadRetries: 'number',
   log: 'string',
   signal: 'object',
 }
@@ -168,8 +175,9 @@ class Server {
 
 /**
  * Starts a toklock proxy in this process and resolves once it is listening.
- * @param {number | object} [options] a port, or { port, host, upstream, maxBody,
- *   shutdownGrace, upstreamTimeout, log, signal }
+ * @param {number | object} [options] a port, or { port, host, upstream, maxBody, shutdownGrace,
+ *   upstreamTimeout, fairBy, maxInflight, slowBelow, pauseBelow, maxQueuedBytes, maxWait,
+ *   overloadRetries, log, signal } (see index.d.ts)
  */
 async function start(options) {
   const { signal, ...rest } = normalize(options)

@@ -35,6 +35,22 @@ pub struct StartOptions {
     pub shutdown_grace: Option<f64>,
     /// Seconds to wait for the upstream's response headers before answering 504. Default 600.
     pub upstream_timeout: Option<f64>,
+    /// What one agent (one fair queue) is: auto, connection, process, ip, api-key or
+    /// header:NAME, like `--fair-by`. Default auto.
+    pub fair_by: Option<String>,
+    /// Requests in flight per budget while it has plenty left (1 to 1000). Default 3.
+    pub max_inflight: Option<f64>,
+    /// Tokens left in a bucket below which its lane narrows to one request. Default 10000.
+    pub slow_below: Option<f64>,
+    /// Tokens left in a bucket below which its lane pauses. Default 3000.
+    pub pause_below: Option<f64>,
+    /// Body bytes queued or in flight before new requests are refused. Default 512 MiB.
+    pub max_queued_bytes: Option<f64>,
+    /// Longest a request may wait in its queue, in seconds, before the caller gets 504.
+    /// Default: as long as the client waits.
+    pub max_wait: Option<f64>,
+    /// Times one request is requeued after a 529/503 before the caller gets it. Default 5.
+    pub overload_retries: Option<f64>,
     /// Log filter for toklock's stderr logs (error, warn, info, debug, trace). Default warn.
     /// The first server or CLI run in a process sets it for the whole process.
     pub log: Option<String>,
@@ -221,7 +237,29 @@ fn config_from(options: &StartOptions) -> std::result::Result<Config, String> {
             ))
         }
     };
-    // `..defaults` keeps library settings this API does not expose yet (scheduler fields).
+    let fair_by = match options.fair_by.as_deref() {
+        None => defaults.fair_by.clone(),
+        Some(fair_by) => fair_by
+            .parse()
+            .map_err(|e| format!("invalid fairBy {fair_by:?}: {e}"))?,
+    };
+    let mut scheduler = defaults.scheduler;
+    if let Some(n) = integer("maxInflight", options.max_inflight, 1, 1000)? {
+        scheduler.max_inflight = n as usize;
+    }
+    if let Some(n) = integer("slowBelow", options.slow_below, 0, u64::MAX)? {
+        scheduler.slow_below = n;
+    }
+    if let Some(n) = integer("pauseBelow", options.pause_below, 0, u64::MAX)? {
+        scheduler.pause_below = n;
+    }
+    if let Some(n) = integer("maxQueuedBytes", options.max_queued_bytes, 1, u64::MAX)? {
+        scheduler.max_queued_bytes = n;
+    }
+    if let Some(n) = integer("overloadRetries", options.overload_retries, 0, 1000)? {
+        scheduler.overload_retries = n as u32;
+    }
+    // `..defaults` keeps library settings this API does not expose (yet).
     #[allow(clippy::needless_update)]
     Ok(Config {
         listen: SocketAddr::new(host, port),
@@ -231,6 +269,9 @@ fn config_from(options: &StartOptions) -> std::result::Result<Config, String> {
             .unwrap_or(defaults.shutdown_grace),
         upstream_timeout: seconds("upstreamTimeout", options.upstream_timeout)?
             .unwrap_or(defaults.upstream_timeout),
+        fair_by,
+        scheduler,
+        max_wait: seconds("maxWait", options.max_wait)?.or(defaults.max_wait),
         ..defaults
     })
 }
@@ -248,6 +289,25 @@ fn parse_upstream(upstream: &str) -> std::result::Result<http::Uri, String> {
         return Err(format!("invalid upstream {upstream:?}: no host"));
     }
     Ok(uri)
+}
+
+/// A whole number in `min..=max`; JS numbers arrive as f64.
+fn integer(
+    name: &str,
+    value: Option<f64>,
+    min: u64,
+    max: u64,
+) -> std::result::Result<Option<u64>, String> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.fract() == 0.0 && v >= min as f64 && v <= max as f64 => Ok(Some(v as u64)),
+        Some(v) if max == u64::MAX => Err(format!(
+            "invalid {name} {v}: expected a whole number >= {min}"
+        )),
+        Some(v) => Err(format!(
+            "invalid {name} {v}: expected a whole number from {min} to {max}"
+        )),
+    }
 }
 
 fn seconds(name: &str, value: Option<f64>) -> std::result::Result<Option<Duration>, String> {
@@ -300,6 +360,30 @@ mod tests {
             ..Default::default()
         })
         .contains("invalid shutdownGrace"));
+        assert!(bad(StartOptions {
+            fair_by: Some("nobody".into()),
+            ..Default::default()
+        })
+        .contains("invalid fairBy \"nobody\""));
+        assert!(bad(StartOptions {
+            max_inflight: Some(0.0),
+            ..Default::default()
+        })
+        .contains("invalid maxInflight 0: expected a whole number from 1 to 1000"));
+    }
+
+    #[test]
+    fn scheduler_options_reach_the_config() {
+        let config = config_from(&StartOptions {
+            fair_by: Some("header:x-team".into()),
+            max_inflight: Some(7.0),
+            max_wait: Some(2.5),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.fair_by.to_string(), "header:x-team");
+        assert_eq!(config.scheduler.max_inflight, 7);
+        assert_eq!(config.max_wait, Some(Duration::from_millis(2500)));
     }
 
     #[test]

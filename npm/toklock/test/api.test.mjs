@@ -23,7 +23,8 @@ const client = (baseURL, options = {}) =>
 describe('start(0) with the official SDK', () => {
   let server
   before(async () => {
-    server = await start({ port: 0, upstream: mock.url })
+    // The scheduler options are accepted; the defaults would do as well here.
+    server = await start({ port: 0, upstream: mock.url, fairBy: 'header:x-team', maxInflight: 4, maxWait: 60 })
   })
   after(() => server?.close())
 
@@ -104,6 +105,9 @@ describe('bad options reject with a clear error', () => {
     [{ host: 'example.com' }, RangeError, /invalid host "example\.com"/],
     [{ shutdownGrace: -1 }, RangeError, /invalid shutdownGrace -1/],
     [{ maxBody: 0 }, RangeError, /invalid maxBody 0/],
+    [{ fairBy: 'nobody' }, RangeError, /invalid fairBy "nobody"/],
+    [{ maxInflight: 0 }, RangeError, /invalid maxInflight 0: expected a whole number from 1 to 1000/],
+    [{ maxWait: -2 }, RangeError, /invalid maxWait -2/],
     [{ signal: {} }, TypeError, /"signal" must be an AbortSignal/],
     ['4000', TypeError, /expected a port number or an options object/],
   ]

@@ -92,3 +92,12 @@ test('no Cargo profile aborts on panic (a panic in the addon would kill the host
   const cargoToml = readFileSync(join(root, 'Cargo.toml'), 'utf8')
   assert.doesNotMatch(cargoToml, /^\s*panic\s*=\s*"abort"/m)
 })
+
+test('index.d.ts declares every option the addon takes, plus signal', () => {
+  const props = (file) => {
+    const text = readFileSync(join(pkgDir, file), 'utf8')
+    const body = /interface StartOptions \{([\s\S]*?)\n\}/.exec(text)[1]
+    return [...body.matchAll(/^ {2}(\w+)\?:/gm)].map((m) => m[1]).toSorted()
+  }
+  assert.deepEqual(props('index.d.ts'), [...props('binding.d.ts'), 'signal'].toSorted())
+})
