@@ -28,10 +28,14 @@ function supportedKeys() {
     .map((name) => name.slice(PREFIX.length))
 }
 
-function firstCause(err) {
-  let cause = err && err.cause
-  while (cause && cause.cause && !cause.message) cause = cause.cause
-  return cause && cause.message ? String(cause.message).split('\n')[0] : ''
+/** The first load error that is not just "package not installed" (e.g. a dlopen failure from
+ *  a too old glibc), which is worth showing; the loader chains them through `cause`. */
+function interestingCause(err) {
+  for (let cause = err && err.cause; cause; cause = cause.cause) {
+    const message = String(cause.message || '')
+    if (message && !message.startsWith('Cannot find module')) return message.split('\n')[0]
+  }
+  return ''
 }
 
 /** Builds the single error shown when the addon cannot be loaded. */
@@ -46,7 +50,7 @@ function loadError(err) {
       `It comes from the optional dependency ${name}: reinstall toklock without ` +
       `--omit=optional / --no-optional (with npm, deleting node_modules and package-lock.json ` +
       `first avoids npm's optional-dependency bug, npm/cli#4828).`
-    const detail = firstCause(err)
+    const detail = interestingCause(err)
     if (detail) message += ` Loader error: ${detail}`
   } else {
     message =

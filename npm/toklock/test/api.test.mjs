@@ -2,7 +2,8 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
-import { readFileSync } from 'node:fs'
+import { cpSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import Anthropic from '@anthropic-ai/sdk'
@@ -218,4 +219,26 @@ test("the README's Node API example runs as written (against the mock)", async (
   })
   assert.equal(result.code, 0, result.stderr)
   assert.match(result.stdout, /^toklock on http:\/\/127\.0\.0\.1:\d+\n.+/)
+})
+
+test('a supported platform whose binary package is missing names the package to reinstall', async () => {
+  // What `npm install --omit=optional` (or npm/cli#4828) leaves: the main package alone.
+  const dir = mkdtempSync(join(tmpdir(), 'toklock-nobinary-'))
+  try {
+    for (const file of ['package.json', 'index.js', 'binding.js', 'lib']) {
+      cpSync(join(pkgDir, file), join(dir, file), { recursive: true })
+    }
+    const result = await run(
+      process.execPath,
+      ['-e', `try { require(${JSON.stringify(dir)}) } catch (err) { console.log(err.message); process.exit(3) }`],
+      { cwd: dir, timeoutMs: 15_000 },
+    )
+    assert.equal(result.code, 3, result.stderr)
+    const message = result.stdout.trim()
+    assert.match(message, /^toklock: the prebuilt binary for this platform \((\S+)\) could not be loaded\./)
+    assert.match(message, /optional dependency @toklock\/binding-\S+@\d+\.\d+\.\d+: reinstall toklock without --omit=optional/)
+    assert.equal(message.split('\n').length, 1)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 })
