@@ -791,3 +791,68 @@ async fn agent_path_prefix_is_stripped_before_forwarding() {
     let record = pair.mock.records().pop().unwrap();
     assert_eq!(record.path, "/v1/messages?beta=true");
 }
+
+#[tokio::test]
+async fn status_and_metrics_report_what_happened() {
+    let mock = MockConfig {
+        requests_per_minute: 60,
+        initial_fill: 0.0,
+        ..MockConfig::default()
+    };
+    let pair = Pair::start(mock, |_| {}).await;
+    let c = client();
+    let (status, _, _) = collect(
+        send(
+            &c,
+            post(
+                &pair.url("/v1/messages"),
+                message_body(SONNET, 8, false),
+                &[],
+            ),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let models = http::Request::get(pair.url("/v1/models"))
+        .header("x-api-key", KEY)
+        .header("anthropic-version", "2023-06-01")
+        .body(Default::default())
+        .unwrap();
+    collect(send(&c, models).await).await;
+
+    let get = |path: &str| {
+        http::Request::get(pair.url(path))
+            .body(Default::default())
+            .unwrap()
+    };
+    let (status, headers, body) = collect(send(&c, get("/toklock/metrics")).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+    };
+    assert_eq!(value("toklock_requests_total{kind=\"scheduled\"}"), 1.0);
+    assert_eq!(value("toklock_requests_total{kind=\"passthrough\"}"), 1.0);
+    assert!(value("toklock_upstream_rate_limited_total{action=\"requeued\"}") >= 1.0);
+    assert_eq!(value("toklock_queue_wait_seconds_count"), 1.0);
+    assert!(value("toklock_queue_wait_seconds_sum") > 0.3);
+    assert!(!text.contains(KEY), "metrics must never carry a key");
+
+    let (status, _, body) = collect(send(&c, get("/toklock/status")).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let snapshot = json(&body);
+    let lane = &snapshot["queue"]["lanes"][0];
+    assert_eq!(lane["family"], "sonnet");
+    assert_eq!(lane["credential"].as_str().unwrap().len(), 12);
+    assert!(!body.windows(KEY.len()).any(|w| w == KEY.as_bytes()));
+}
