@@ -20,6 +20,7 @@ pub mod queue;
 pub mod ratelimit;
 pub mod scheduler;
 pub mod server;
+pub mod token_fair;
 pub mod usage;
 
 pub use config::Config;
