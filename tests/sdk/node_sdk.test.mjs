@@ -77,3 +77,29 @@ test('an unreachable upstream is an Anthropic-shaped 502 naming the host, not th
     await stop(dead);
   }
 });
+
+test('agents name themselves through ANTHROPIC_CUSTOM_HEADERS or a base-URL prefix', async () => {
+  const saved = { ...process.env };
+  try {
+    process.env.ANTHROPIC_CUSTOM_HEADERS = 'x-toklock-agent: node-header-agent';
+    process.env.ANTHROPIC_BASE_URL = proxy.url;
+    process.env.ANTHROPIC_API_KEY = 'sk-ant-test-node';
+    await new Anthropic().messages.create({
+      model: MODEL,
+      max_tokens: 8,
+      messages: [{ role: 'user', content: 'named by header' }],
+    });
+    const stats = await (await fetch(`${mock.url}/_mock/stats`)).json();
+    assert.ok(stats.by_caller['node-header-agent'], JSON.stringify(stats.by_caller));
+
+    delete process.env.ANTHROPIC_CUSTOM_HEADERS;
+    const message = await client(`${proxy.url}/a/node-path-agent`).messages.create({
+      model: MODEL,
+      max_tokens: 8,
+      messages: [{ role: 'user', content: 'named by path' }],
+    });
+    assert.equal(message.type, 'message');
+  } finally {
+    process.env = saved;
+  }
+});

@@ -92,3 +92,28 @@ def test_unreachable_upstream_is_an_anthropic_error():
         assert "sk-ant-test-python" not in str(caught.value)
     finally:
         proxy.stop()
+
+
+def test_agent_names_need_no_code_change(proxy_url, mock_url, monkeypatch):
+    # A header through ANTHROPIC_CUSTOM_HEADERS, read by the SDK itself.
+    monkeypatch.setenv("ANTHROPIC_CUSTOM_HEADERS", "x-toklock-agent: py-header-agent")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", proxy_url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-python")
+    anthropic.Anthropic().messages.create(
+        model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "named by header"}]
+    )
+    assert "py-header-agent" in mock_stats(mock_url)["by_caller"]
+
+    # A path prefix in the base URL; toklock strips it, so the upstream sees /v1/messages.
+    monkeypatch.delenv("ANTHROPIC_CUSTOM_HEADERS")
+    message = anthropic.Anthropic(base_url=f"{proxy_url}/a/py-path-agent").messages.create(
+        model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "named by path"}]
+    )
+    assert message.type == "message"
+
+
+def test_scheduled_responses_report_their_queue_wait(proxy_url):
+    raw = client(proxy_url).messages.with_raw_response.create(
+        model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert int(raw.headers["x-toklock-queue-ms"]) >= 0

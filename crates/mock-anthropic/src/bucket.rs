@@ -25,6 +25,16 @@ impl Bucket {
         }
     }
 
+    /// A bucket holding `limit` per minute that starts `fill` full (0.0 to 1.0), so tests can
+    /// begin under pressure instead of with a minute's worth of burst.
+    pub fn with_fill(limit: u64, fill: f64, now: Instant) -> Self {
+        Self {
+            limit,
+            level: limit as f64 * fill.clamp(0.0, 1.0),
+            updated: now,
+        }
+    }
+
     /// Capacity (per minute).
     pub fn limit(&self) -> u64 {
         self.limit

@@ -40,6 +40,9 @@ pub struct MockConfig {
     /// `count_tokens` requests per minute, per credential (a bucket of its own, like the
     /// real API, so it never drains the Messages buckets).
     pub count_tokens_requests_per_minute: u64,
+    /// How full a new (credential, family) set of Messages buckets starts: 1.0 = full (the
+    /// real API's state for an idle key), 0.0 = empty, so a test is under pressure at once.
+    pub initial_fill: f64,
     /// How output tokens are charged.
     pub output_mode: OutputMode,
     /// Round the token `-remaining` headers to the nearest 1,000 like the real API.
@@ -92,6 +95,7 @@ impl Default for MockConfig {
             input_tokens_per_minute: 1_000_000_000,
             output_tokens_per_minute: 100_000_000,
             count_tokens_requests_per_minute: 1_000_000,
+            initial_fill: 1.0,
             output_mode: OutputMode::Reserve,
             round_remaining: false,
             first_byte_latency: Duration::ZERO,

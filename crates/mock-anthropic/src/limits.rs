@@ -126,9 +126,9 @@ pub struct Limiter {
 impl Limiter {
     fn family(&mut self, key: &Key, cfg: &MockConfig, now: Instant) -> &mut Family {
         let f = self.families.entry(key.clone()).or_insert_with(|| Family {
-            requests: Bucket::new(cfg.requests_per_minute, now),
-            input: Bucket::new(cfg.input_tokens_per_minute, now),
-            output: Bucket::new(cfg.output_tokens_per_minute, now),
+            requests: Bucket::with_fill(cfg.requests_per_minute, cfg.initial_fill, now),
+            input: Bucket::with_fill(cfg.input_tokens_per_minute, cfg.initial_fill, now),
+            output: Bucket::with_fill(cfg.output_tokens_per_minute, cfg.initial_fill, now),
         });
         f.requests.set_limit(cfg.requests_per_minute, now);
         f.input.set_limit(cfg.input_tokens_per_minute, now);

@@ -41,6 +41,9 @@ struct Args {
     /// Output length when the request does not say (capped by max_tokens).
     #[arg(long)]
     output_tokens: Option<u64>,
+    /// How full new buckets start, from 0.0 (empty) to 1.0 (full).
+    #[arg(long, default_value_t = 1.0)]
+    initial_fill: f64,
     /// How output tokens are charged.
     #[arg(long, value_enum, default_value_t = OutputMode::Reserve)]
     output_mode: OutputMode,
@@ -75,6 +78,7 @@ impl Args {
             tokens_per_sec: self.tokens_per_sec,
             default_output_tokens: self.output_tokens.unwrap_or(d.default_output_tokens),
             output_mode: self.output_mode,
+            initial_fill: self.initial_fill,
             gzip: self.gzip,
             round_remaining: self.round_remaining,
             retry_after: !self.no_retry_after,

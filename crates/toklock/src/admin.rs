@@ -34,6 +34,15 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBo
                 "queue": shared.queue.snapshot(),
             }),
         ),
+        (&Method::GET, "/toklock/metrics") => {
+            let text = shared.metrics.render(&shared.queue.snapshot());
+            let mut response = Response::new(full(text));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         (_, path) => ApiError::not_found(format!("toklock has no endpoint {path}")).into_response(),
     }
 }

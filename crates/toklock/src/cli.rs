@@ -223,13 +223,14 @@ pub async fn serve(config: Config, stop: impl Future<Output = ()>) -> i32 {
         }
     };
     let handle = proxy.spawn();
-    let _ = writeln!(
-        std::io::stderr(),
-        "toklock {} listening on {}\n  export ANTHROPIC_BASE_URL={}",
+    // One write, so a pipe reader never sees the banner in pieces.
+    let banner = format!(
+        "toklock {} listening on {}\n  export ANTHROPIC_BASE_URL={}\n",
         crate::VERSION,
         handle.local_addr(),
         handle.base_url(),
     );
+    let _ = std::io::stderr().lock().write_all(banner.as_bytes());
     tokio::select! {
         _ = stop => {
             tracing::info!("shutting down: draining open requests");

@@ -14,6 +14,7 @@ pub mod config;
 pub mod credential;
 pub mod error;
 pub mod forward;
+pub mod metrics;
 pub mod peer;
 pub mod proxy;
 pub mod queue;

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::credential::Fingerprint;
 use crate::error::{full, ApiError, ProxyBody};
 use crate::forward::Upstream;
+use crate::metrics::{Metrics, Rejection};
 use crate::queue::{Queue, Slot, Ticket};
 use crate::ratelimit::{classify_429, Classified429};
 use crate::scheduler::BudgetKey;
@@ -32,6 +33,7 @@ pub struct Shared {
     pub config: Config,
     pub upstream: Upstream,
     pub queue: Queue,
+    pub metrics: Metrics,
     pub started: Instant,
 }
 
@@ -42,6 +44,7 @@ impl Shared {
             config: config.clone(),
             upstream,
             queue: Queue::new(config.scheduler),
+            metrics: Metrics::default(),
             started: Instant::now(),
         }
     }
@@ -76,7 +79,21 @@ pub async fn handle(
     }
     match forward(req, &shared, &conn).await {
         Ok(response) => response,
-        Err(err) => err.into_response(),
+        Err(err) => {
+            let why = match err.status {
+                StatusCode::SERVICE_UNAVAILABLE => Some(Rejection::QueueFull),
+                StatusCode::GATEWAY_TIMEOUT if err.message.contains("--max-wait") => {
+                    Some(Rejection::MaxWait)
+                }
+                StatusCode::PAYLOAD_TOO_LARGE => Some(Rejection::TooLarge),
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => Some(Rejection::Upstream),
+                _ => None,
+            };
+            if let Some(why) = why {
+                shared.metrics.rejected(why);
+            }
+            err.into_response()
+        }
     }
 }
 
@@ -114,11 +131,13 @@ async fn forward(
     };
 
     if !is_scheduled(&parts.method, parts.uri.path()) {
+        shared.metrics.passthrough();
         let mut response = send(body).await?.map(|b| b.boxed());
         set_queue_ms(&mut response, Duration::ZERO);
         return Ok(response);
     }
 
+    shared.metrics.scheduled();
     let agent = agent::identify(
         &shared.config.fair_by,
         &parts.headers,
@@ -149,6 +168,7 @@ async fn forward(
             let error_body = read_capped(error_body).await;
             match classify_429(&parts.headers, &error_body) {
                 Classified429::Retryable => {
+                    shared.metrics.requeued_429();
                     tracing::info!(%lane, "upstream 429: requeued at the front");
                     slot = wait_turn(
                         slot.rate_limited(&parts.headers),
@@ -159,6 +179,7 @@ async fn forward(
                     continue;
                 }
                 Classified429::PassThrough(reason) => {
+                    shared.metrics.passed_429();
                     tracing::warn!(%lane, ?reason, "upstream 429 passed to the caller");
                     slot.observe(status, &parts.headers);
                     let mut response = Response::from_parts(parts, full(error_body));
@@ -172,6 +193,7 @@ async fn forward(
         {
             match slot.overloaded(response.headers()) {
                 Ok(ticket) => {
+                    shared.metrics.overload_retry();
                     tracing::info!(%lane, %status, "upstream overloaded: retrying after a backoff");
                     // Let go of the failed response before waiting.
                     drop(response);
@@ -184,6 +206,7 @@ async fn forward(
             slot.observe(status, response.headers());
         }
         let waited = slot.queue_wait();
+        shared.metrics.waited(waited);
         let usage = UsageScanner::for_response(response.status(), response.headers());
         let mut response = response.map(|inner| HeldBody::new(inner, slot, usage).boxed());
         set_queue_ms(&mut response, waited);

@@ -59,14 +59,20 @@ pub fn message_body(model: &str, max_tokens: u64, stream: bool) -> String {
 }
 
 pub fn post(url: &str, body: impl Into<Bytes>, extra: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut builder = Request::post(url)
+    let mut request = Request::post(url)
         .header("content-type", "application/json")
         .header("anthropic-version", "2023-06-01")
-        .header("x-api-key", KEY);
+        .header("x-api-key", KEY)
+        .body(Full::new(body.into()))
+        .unwrap();
+    // Extra headers replace the defaults (a test may use another API key).
     for (name, value) in extra {
-        builder = builder.header(*name, *value);
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
     }
-    builder.body(Full::new(body.into())).unwrap()
+    request
 }
 
 pub async fn send(client: &TestClient, request: Request<Full<Bytes>>) -> Response<Incoming> {
