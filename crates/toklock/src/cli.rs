@@ -105,6 +105,9 @@ pub struct Args {
 pub enum Schedule {
     /// Take turns: one request per agent per round.
     RoundRobin,
+    /// Share by tokens: the agent that has consumed the fewest (input x1, output x2, as the
+    /// upstream reports them) goes next.
+    TokenFair,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -152,6 +155,7 @@ impl Args {
                 max_queued_bytes: self.max_queued_bytes,
                 policy: match self.schedule {
                     Schedule::RoundRobin => PolicyKind::RoundRobin,
+                    Schedule::TokenFair => PolicyKind::TokenFair,
                 },
                 ..SchedulerConfig::default()
             },
@@ -236,4 +240,31 @@ pub async fn serve(config: Config, stop: impl Future<Output = ()>) -> i32 {
         _ = handle.closed() => {}
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_flag_picks_the_policy() {
+        let policy = |argv: &[&str]| {
+            Args::try_parse_from(argv)
+                .unwrap()
+                .config()
+                .unwrap()
+                .scheduler
+                .policy
+        };
+        assert_eq!(policy(&["toklock"]), PolicyKind::RoundRobin);
+        assert_eq!(
+            policy(&["toklock", "--schedule", "token-fair"]),
+            PolicyKind::TokenFair
+        );
+        assert_eq!(
+            policy(&["toklock", "--schedule", "round-robin"]),
+            PolicyKind::RoundRobin
+        );
+        assert!(Args::try_parse_from(["toklock", "--schedule", "fifo"]).is_err());
+    }
 }

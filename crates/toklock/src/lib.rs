@@ -21,6 +21,8 @@ pub mod queue;
 pub mod ratelimit;
 pub mod scheduler;
 pub mod server;
+pub mod token_fair;
+pub mod usage;
 
 pub use config::Config;
 pub use server::{Proxy, ProxyHandle};

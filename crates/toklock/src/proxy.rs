@@ -20,6 +20,7 @@ use crate::metrics::{Metrics, Rejection};
 use crate::queue::{Queue, Slot, Ticket};
 use crate::ratelimit::{classify_429, Classified429};
 use crate::scheduler::BudgetKey;
+use crate::usage::UsageScanner;
 
 /// Time spent waiting in toklock's queue, on every proxied response.
 pub const QUEUE_MS_HEADER: &str = "x-toklock-queue-ms";
@@ -206,7 +207,8 @@ async fn forward(
         }
         let waited = slot.queue_wait();
         shared.metrics.waited(waited);
-        let mut response = response.map(|inner| HeldBody::new(inner, slot).boxed());
+        let usage = UsageScanner::for_response(response.status(), response.headers());
+        let mut response = response.map(|inner| HeldBody::new(inner, slot, usage).boxed());
         set_queue_ms(&mut response, waited);
         return Ok(response);
     }

@@ -16,6 +16,7 @@
 //! }
 //! // `x-toklock-queue-ms`: slot.queue_wait(). Move `slot` into the response body wrapper:
 //! // dropping it (body ended or client gone) frees the slot and wakes the next request.
+//! // Meanwhile the wrapper reports the usage it reads: slot.charge(weighted_tokens).
 //! ```
 //!
 //! Dropping a [`Ticket`] before it resolves (the client went away) removes the request from
@@ -101,6 +102,8 @@ struct Shared {
     wake_driver: Arc<Notify>,
     /// Times the driver ran, for tests that check it sleeps rather than polls.
     driver_rounds: AtomicU64,
+    /// The lanes' policy wants usage charged ([`Slot::charges_usage`]).
+    charges_usage: bool,
 }
 
 impl Shared {
@@ -152,6 +155,7 @@ impl Queue {
     /// As [`Queue::new`], with a scheduler built by the caller (e.g. fixed jitter in tests).
     pub fn with_scheduler(scheduler: Scheduler) -> Queue {
         let wake_driver = Arc::new(Notify::new());
+        let charges_usage = scheduler.config().policy.charges_usage();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 scheduler,
@@ -159,6 +163,7 @@ impl Queue {
             }),
             wake_driver: wake_driver.clone(),
             driver_rounds: AtomicU64::new(0),
+            charges_usage,
         });
         tokio::spawn(drive(Arc::downgrade(&shared), wake_driver));
         Queue { shared }
@@ -339,6 +344,21 @@ impl Slot {
                 .scheduler
                 .on_response(self.id, &obs, status.is_success(), now.instant);
         });
+    }
+
+    /// Whether the scheduling policy uses [`Slot::charge`]; if not, the response body need not
+    /// be scanned for usage.
+    pub fn charges_usage(&self) -> bool {
+        self.shared.charges_usage
+    }
+
+    /// Charges this request's agent `tokens` (weighted real usage, as the upstream reported
+    /// it) in the fairness policy. Call as usage becomes known; parts add up. Dispatches
+    /// nothing by itself: it only changes who goes next.
+    pub fn charge(&self, tokens: u64) {
+        if tokens > 0 {
+            self.shared.lock().scheduler.charge(self.id, tokens);
+        }
     }
 
     /// A retryable 429: the request goes back to the front of its lane, the lane pauses, and

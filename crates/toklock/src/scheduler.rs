@@ -3,8 +3,9 @@
 //! * A **lane** per [`BudgetKey`] (credential fingerprint x model family). Lanes are independent:
 //!   each has its own [`Budget`], agent queues and fairness policy, so a drained Opus budget
 //!   never delays Haiku requests or another key's requests.
-//! * Inside a lane, one FIFO per agent; a [`Policy`] picks which agent's head goes next
-//!   ([`RoundRobin`] today; a token-fair policy can be added behind the same trait).
+//! * Inside a lane, one FIFO per agent; a [`Policy`] picks which agent's head goes next:
+//!   [`RoundRobin`] (one request per agent per turn, the default) or [`TokenFair`] (by the
+//!   real tokens each agent's requests consumed, charged through [`Scheduler::charge`]).
 //! * A request sent back by a 429/529 waits at the lane's front: it is the next one dispatched
 //!   on that lane, before anything the policy would pick.
 //! * Memory is bounded by body bytes (queued + in flight) against `max_queued_bytes`; empty agent
@@ -23,6 +24,7 @@ use crate::agent::AgentKey;
 use crate::budget::{millis, Backoff, BucketSnapshot, Budget, LaneState};
 use crate::credential::Fingerprint;
 use crate::ratelimit::Observation;
+pub use crate::token_fair::TokenFair;
 
 /// Tuning for the scheduler and its budgets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,14 +145,27 @@ impl fmt::Display for RequestId {
 /// Chooses which backlogged agent of a lane is served next. The scheduler tells it when an
 /// agent gains its first queued request (`activate`) and loses its last (`deactivate`), so a
 /// policy only ever tracks agents with work.
+///
+/// Every request the policy picked gets one `dispatched`, then any number of `charge`s as
+/// its usage is reported, then exactly one `finished` (body ended, client gone, or cancelled
+/// while requeued after a 429/529). A request requeued at the lane's front and sent again is
+/// not picked again, so it is not dispatched twice.
 pub trait Policy: Send {
     fn activate(&mut self, agent: &AgentKey);
     fn deactivate(&mut self, agent: &AgentKey);
     /// The agent whose oldest request goes next; `None` when no agent is active.
     fn pick(&mut self) -> Option<AgentKey>;
-    /// The picked agent's request was sent; `body_bytes` is its size. A token-fair policy
-    /// charges its counter here (and later with real usage).
+    /// The picked agent's request was sent; `body_bytes` is its size.
     fn dispatched(&mut self, _agent: &AgentKey, _body_bytes: u64) {}
+    /// Tokens (weighted, see [`crate::usage::Usage::cost`]) that one of the agent's
+    /// dispatched requests consumed, as the upstream reported them; may come in parts.
+    fn charge(&mut self, _agent: &AgentKey, _tokens: u64) {}
+    /// A dispatched request of the agent is over: no more charges will come for it.
+    fn finished(&mut self, _agent: &AgentKey) {}
+    /// Each remembered agent's fair-share counter, for the status endpoint.
+    fn counters(&self) -> Vec<(AgentKey, u64)> {
+        Vec::new()
+    }
 }
 
 /// Which [`Policy`] each lane uses.
@@ -158,13 +173,21 @@ pub trait Policy: Send {
 pub enum PolicyKind {
     #[default]
     RoundRobin,
+    /// [`TokenFair`]: needs the responses' usage, see [`PolicyKind::charges_usage`].
+    TokenFair,
 }
 
 impl PolicyKind {
     pub fn build(self) -> Box<dyn Policy> {
         match self {
             PolicyKind::RoundRobin => Box::new(RoundRobin::default()),
+            PolicyKind::TokenFair => Box::new(TokenFair::new()),
         }
+    }
+
+    /// Whether the policy uses real usage, so response bodies are worth scanning for it.
+    pub fn charges_usage(self) -> bool {
+        matches!(self, PolicyKind::TokenFair)
     }
 }
 
@@ -287,6 +310,8 @@ struct Request {
     /// Time spent queued in earlier rounds (before a requeue).
     waited: Duration,
     overload_attempts: u32,
+    /// Picked by the lane's policy and dispatched: the policy is owed a `finished`.
+    picked: bool,
 }
 
 struct Lane {
@@ -374,6 +399,10 @@ pub struct LaneSnapshot {
     /// Requeued after a 429/529, waiting at the front.
     pub requeued: usize,
     pub queued_per_agent: BTreeMap<String, usize>,
+    /// Fair-share counters (weighted tokens) of the agents the policy remembers; only
+    /// token-fair keeps them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fair_share_tokens: BTreeMap<String, u64>,
     /// How much longer the lane is paused, if it is.
     pub paused_for_ms: Option<u64>,
     pub buckets: BTreeMap<&'static str, BucketSnapshot>,
@@ -460,6 +489,7 @@ impl Scheduler {
                 phase: Phase::Queued { since: now },
                 waited: Duration::ZERO,
                 overload_attempts: 0,
+                picked: false,
             },
         );
         Ok(id)
@@ -483,6 +513,7 @@ impl Scheduler {
                 request.phase = Phase::InFlight;
                 if let Some(agent) = agent {
                     lane.policy.dispatched(&agent, request.bytes);
+                    request.picked = true;
                 }
                 lane.budget.dispatched(now);
                 sent.push(id);
@@ -534,7 +565,26 @@ impl Scheduler {
                 Phase::Queued { .. } => lane.remove_queued(id, &request.agent),
                 Phase::InFlight => lane.budget.completed(),
             }
+            if request.picked {
+                lane.policy.finished(&request.agent);
+            }
         }
+        true
+    }
+
+    /// Charges the request's agent with `tokens` (weighted, as reported by the upstream) in
+    /// its lane's policy. Returns whether the request was dispatched and is still known.
+    pub fn charge(&mut self, id: RequestId, tokens: u64) -> bool {
+        let Some(request) = self.requests.get(&id) else {
+            return false;
+        };
+        if !request.picked {
+            return false;
+        }
+        let Some(lane) = self.lanes.get_mut(&request.lane) else {
+            return false;
+        };
+        lane.policy.charge(&request.agent, tokens);
         true
     }
 
@@ -630,6 +680,12 @@ impl Scheduler {
                         .agents
                         .iter()
                         .map(|(agent, queue)| (agent.to_string(), queue.len()))
+                        .collect(),
+                    fair_share_tokens: lane
+                        .policy
+                        .counters()
+                        .into_iter()
+                        .map(|(agent, counter)| (agent.to_string(), counter))
                         .collect(),
                     paused_for_ms: lane
                         .budget
@@ -748,6 +804,86 @@ mod tests {
         assert_eq!(order.iter().filter(|&&name| name == "a").count(), 100);
         assert!(s.next_dispatches(t0).is_empty());
         assert_eq!(s.snapshot(t0).queued, 0);
+    }
+
+    #[test]
+    fn token_fair_lane_charges_real_usage_across_requeues() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::with_jitter(
+            SchedulerConfig {
+                max_inflight: 1,
+                policy: PolicyKind::TokenFair,
+                ..SchedulerConfig::default()
+            },
+            Box::new(FixedJitter(1.0)),
+        );
+        let lane = key("k", "opus");
+        let mut owner = HashMap::new();
+        for _ in 0..50 {
+            for name in ["big", "small"] {
+                let id = s.enqueue(agent(name), lane.clone(), 1, t0).unwrap();
+                owner.insert(id, name);
+            }
+        }
+        // Queued, never dispatched: nothing to charge.
+        let queued = *owner.keys().max().unwrap();
+        assert!(!s.charge(queued, 5));
+
+        // big goes first (it was backlogged first), gets a 429, goes again from the front,
+        // and is charged once its usage is known.
+        let first = s.next_dispatches(t0);
+        assert_eq!(owner[&first[0]], "big");
+        s.on_rate_limited(first[0], &retry_after(t0, 1.0), t0);
+        let now = t0 + secs(1.0);
+        assert_eq!(s.next_dispatches(now), first);
+        assert!(s.charge(first[0], 30_000));
+        assert!(s.charge(first[0], 10_000));
+        s.on_complete(first[0]);
+        assert!(!s.charge(first[0], 1), "completed: no more charges");
+
+        // small catches up, 40 requests of 1 000, before big goes again.
+        let mut order = Vec::new();
+        for _ in 0..41 {
+            let sent = s.next_dispatches(now);
+            assert_eq!(sent.len(), 1);
+            let name = owner[&sent[0]];
+            order.push(name);
+            s.charge(sent[0], if name == "big" { 40_000 } else { 1_000 });
+            s.on_complete(sent[0]);
+        }
+        assert!(order[..40].iter().all(|&name| name == "small"), "{order:?}");
+        assert_eq!(order[40], "big");
+        let counters = &s.snapshot(now).lanes[0].fair_share_tokens;
+        assert_eq!(counters["big"], 80_000);
+        assert_eq!(counters["small"], 40_000);
+
+        // Everyone leaves: small owes nothing and is forgotten; big's debt is kept while
+        // the lane lives.
+        let ids: Vec<RequestId> = owner.keys().copied().collect();
+        for id in ids {
+            s.cancel(id);
+        }
+        let counters = &s.snapshot(now).lanes[0].fair_share_tokens;
+        assert_eq!(counters.keys().collect::<Vec<_>>(), ["big"]);
+
+        // A request cancelled while requeued at the front finishes for the policy too.
+        let c = s.enqueue(agent("c"), lane.clone(), 1, now).unwrap();
+        assert_eq!(s.next_dispatches(now), vec![c]);
+        s.on_rate_limited(c, &retry_after(now, 1.0), now);
+        assert!(s.snapshot(now).lanes[0].fair_share_tokens.contains_key("c"));
+        s.cancel(c);
+        assert!(!s.snapshot(now).lanes[0].fair_share_tokens.contains_key("c"));
+    }
+
+    #[test]
+    fn round_robin_has_no_counters_to_show() {
+        let t0 = Instant::now();
+        let mut s = scheduler(1);
+        let id = s.enqueue(agent("a"), key("k", "opus"), 1, t0).unwrap();
+        s.next_dispatches(t0);
+        assert!(s.charge(id, 100));
+        let json = serde_json::to_value(s.snapshot(t0)).unwrap();
+        assert!(json["lanes"][0].get("fair_share_tokens").is_none());
     }
 
     #[test]
