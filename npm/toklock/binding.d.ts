@@ -71,6 +71,11 @@ export interface StartOptions {
    * header:NAME, like `--fair-by`. Default auto.
    */
   fairBy?: string
+  /**
+   * How the next agent is chosen: "round-robin" (turns per request) or "token-fair"
+   * (turns weighted by the tokens each agent used), like `--schedule`. Default round-robin.
+   */
+  schedule?: string
   /** Requests in flight per budget while it has plenty left (1 to 1000). Default 3. */
   maxInflight?: number
   /** Tokens left in a bucket below which its lane narrows to one request. Default 10000. */

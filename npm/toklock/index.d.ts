@@ -18,6 +18,12 @@ export interface StartOptions {
    * connection), "connection", "process", "ip", "api-key" or "header:NAME". Default "auto".
    */
   fairBy?: string
+  /**
+   * How the next agent is chosen, like `--schedule`: "round-robin" takes turns per request;
+   * "token-fair" weighs turns by the tokens each agent's requests really used. Default
+   * "round-robin".
+   */
+  schedule?: 'round-robin' | 'token-fair'
   /** Requests in flight per budget while it has plenty left, 1 to 1000. Default 3. */
   maxInflight?: number
   /** Tokens left in a bucket below which its lane narrows to one request. Default 10000. */

@@ -12,6 +12,7 @@ const OPTION_TYPES = {
   shutdownGrace: 'number',
   upstreamTimeout: 'number',
   fairBy: 'string',
+  schedule: 'string',
   maxInflight: 'number',
   slowBelow: 'number',
   pauseBelow: 'number',
@@ -176,7 +177,7 @@ class Server {
 /**
  * Starts a toklock proxy in this process and resolves once it is listening.
  * @param {number | object} [options] a port, or { port, host, upstream, maxBody, shutdownGrace,
- *   upstreamTimeout, fairBy, maxInflight, slowBelow, pauseBelow, maxQueuedBytes, maxWait,
+ *   upstreamTimeout, fairBy, schedule, maxInflight, slowBelow, pauseBelow, maxQueuedBytes, maxWait,
  *   overloadRetries, log, signal } (see index.d.ts)
  */
 async function start(options) {

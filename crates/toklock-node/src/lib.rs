@@ -16,6 +16,7 @@ use futures_util::FutureExt;
 use napi::{Error, Result, Status};
 use napi_derive::napi;
 use tokio::sync::watch;
+use toklock::scheduler::PolicyKind;
 use toklock::{Config, Proxy, ProxyHandle};
 
 /// Options for [`start`]; every field is optional and defaults like the CLI flag of the same
@@ -38,6 +39,9 @@ pub struct StartOptions {
     /// What one agent (one fair queue) is: auto, connection, process, ip, api-key or
     /// header:NAME, like `--fair-by`. Default auto.
     pub fair_by: Option<String>,
+    /// How the next agent is chosen: "round-robin" (turns per request) or "token-fair"
+    /// (turns weighted by the tokens each agent used), like `--schedule`. Default round-robin.
+    pub schedule: Option<String>,
     /// Requests in flight per budget while it has plenty left (1 to 1000). Default 3.
     pub max_inflight: Option<f64>,
     /// Tokens left in a bucket below which its lane narrows to one request. Default 10000.
@@ -244,6 +248,16 @@ fn config_from(options: &StartOptions) -> std::result::Result<Config, String> {
             .map_err(|e| format!("invalid fairBy {fair_by:?}: {e}"))?,
     };
     let mut scheduler = defaults.scheduler;
+    match options.schedule.as_deref() {
+        None => {}
+        Some("round-robin") => scheduler.policy = PolicyKind::RoundRobin,
+        Some("token-fair") => scheduler.policy = PolicyKind::TokenFair,
+        Some(other) => {
+            return Err(format!(
+                "invalid schedule {other:?}: expected \"round-robin\" or \"token-fair\""
+            ))
+        }
+    }
     if let Some(n) = integer("maxInflight", options.max_inflight, 1, 1000)? {
         scheduler.max_inflight = n as usize;
     }

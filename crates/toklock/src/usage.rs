@@ -14,6 +14,9 @@
 //! frames. Bodies it cannot read cheaply (a `content-encoding`, an error status, another
 //! content type) are not scanned and report no usage, so their requests are charged nothing.
 
+use std::io::Write;
+
+use flate2::write::GzDecoder;
 use http::{header, HeaderMap, StatusCode};
 use serde_json::Value;
 
@@ -78,6 +81,10 @@ impl Usage {
 pub struct UsageScanner {
     mode: Mode,
     usage: Usage,
+    /// For a gzip body: inflates a copy of each frame for the scan (the frames the client
+    /// gets are never touched). SDKs ask for gzip, so without this their non-streaming calls
+    /// would go uncharged.
+    gunzip: Option<Box<GzDecoder<Vec<u8>>>>,
 }
 
 #[derive(Debug)]
@@ -94,6 +101,7 @@ impl UsageScanner {
         UsageScanner {
             mode: Mode::Off,
             usage: Usage::default(),
+            gunzip: None,
         }
     }
 
@@ -102,6 +110,7 @@ impl UsageScanner {
         UsageScanner {
             mode: Mode::Sse(SseScan::default()),
             usage: Usage::default(),
+            gunzip: None,
         }
     }
 
@@ -110,6 +119,7 @@ impl UsageScanner {
         UsageScanner {
             mode: Mode::Json(JsonScan::default()),
             usage: Usage::default(),
+            gunzip: None,
         }
     }
 
@@ -119,13 +129,31 @@ impl UsageScanner {
         if !status.is_success() {
             return UsageScanner::off();
         }
-        let encoded = headers
+        let encodings: Vec<&[u8]> = headers
             .get_all(header::CONTENT_ENCODING)
             .iter()
-            .any(|value| !value.as_bytes().eq_ignore_ascii_case(b"identity"));
-        if encoded {
-            return UsageScanner::off();
+            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+            .map(|coding| coding.trim_ascii())
+            .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
+            .collect();
+        let gzip = match encodings.as_slice() {
+            [] => false,
+            [only]
+                if only.eq_ignore_ascii_case(b"gzip") || only.eq_ignore_ascii_case(b"x-gzip") =>
+            {
+                true
+            }
+            // br, zstd, deflate or a chain: not worth a decoder here; charge nothing.
+            _ => return UsageScanner::off(),
+        };
+        let mut scanner = Self::for_content_type(headers);
+        if gzip && scanner.is_scanning() {
+            scanner.gunzip = Some(Box::new(GzDecoder::new(Vec::new())));
         }
+        scanner
+    }
+
+    fn for_content_type(headers: &HeaderMap) -> UsageScanner {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
@@ -147,6 +175,37 @@ impl UsageScanner {
 
     /// Scans the next chunk of the body. Returns whether the usage changed.
     pub fn feed(&mut self, chunk: &[u8]) -> bool {
+        let scanning = self.is_scanning();
+        let Some(gunzip) = self.gunzip.as_mut() else {
+            return self.feed_plain(chunk);
+        };
+        // flush(): the decoder otherwise keeps the newest output buffered until the next write.
+        if !scanning
+            || gunzip
+                .write_all(chunk)
+                .and_then(|()| gunzip.flush())
+                .is_err()
+        {
+            // A broken gzip stream is the client's to notice; the scan just stops.
+            self.gunzip = None;
+            self.mode = Mode::Off;
+            return false;
+        }
+        let inflated = std::mem::take(gunzip.get_mut());
+        let changed = self.feed_plain(&inflated);
+        if let Some(gunzip) = self.gunzip.as_mut() {
+            // Hand the buffer back so its allocation is reused.
+            let mut buffer = inflated;
+            buffer.clear();
+            *gunzip.get_mut() = buffer;
+        }
+        if !self.is_scanning() {
+            self.gunzip = None;
+        }
+        changed
+    }
+
+    fn feed_plain(&mut self, chunk: &[u8]) -> bool {
         let before = self.usage;
         match &mut self.mode {
             Mode::Off => return false,
@@ -752,12 +811,48 @@ mod tests {
             ("content-type", "application/json"),
             ("content-encoding", "identity"),
         ]);
-        assert!(!UsageScanner::for_response(StatusCode::OK, &gzipped).is_scanning());
+        assert!(UsageScanner::for_response(StatusCode::OK, &gzipped).is_scanning());
+        let brotli = headers(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "br"),
+        ]);
+        assert!(!UsageScanner::for_response(StatusCode::OK, &brotli).is_scanning());
         assert!(UsageScanner::for_response(StatusCode::OK, &identity).is_scanning());
         assert!(!UsageScanner::for_response(StatusCode::BAD_REQUEST, &json).is_scanning());
         assert!(!UsageScanner::for_response(StatusCode::OK, &HeaderMap::new()).is_scanning());
         let mut off = UsageScanner::off();
         assert!(!off.feed(STREAM.as_bytes()));
         assert_eq!(off.usage(), Usage::default());
+    }
+
+    #[test]
+    fn gzipped_json_is_inflated_for_the_scan_in_any_chunking() {
+        let body = br#"{"id":"msg_1","type":"message","content":[{"type":"text","text":"usage: {\"input_tokens\": 999}"}],"usage":{"input_tokens":120,"cache_creation_input_tokens":30,"cache_read_input_tokens":7,"output_tokens":45}}"#;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(body).unwrap();
+        let gz = encoder.finish().unwrap();
+        let mut gzipped = HeaderMap::new();
+        gzipped.insert("content-type", "application/json".parse().unwrap());
+        gzipped.insert("content-encoding", "gzip".parse().unwrap());
+        for size in [1, 3, 7, 64, gz.len()] {
+            let mut scanner = UsageScanner::for_response(StatusCode::OK, &gzipped);
+            for chunk in gz.chunks(size) {
+                scanner.feed(chunk);
+            }
+            let usage = scanner.usage();
+            assert_eq!(
+                (
+                    usage.input_tokens,
+                    usage.cache_creation_input_tokens,
+                    usage.output_tokens
+                ),
+                (120, 30, 45),
+                "chunks of {size}"
+            );
+        }
+        let mut broken = UsageScanner::for_response(StatusCode::OK, &gzipped);
+        broken.feed(b"definitely not gzip");
+        assert!(!broken.is_scanning());
+        assert_eq!(broken.usage(), Usage::default());
     }
 }

@@ -25,7 +25,7 @@ describe('start(0) with the official SDK', () => {
   let server
   before(async () => {
     // The scheduler options are accepted; the defaults would do as well here.
-    server = await start({ port: 0, upstream: mock.url, fairBy: 'header:x-team', maxInflight: 4, maxWait: 60 })
+    server = await start({ port: 0, upstream: mock.url, fairBy: 'header:x-team', schedule: 'token-fair', maxInflight: 4, maxWait: 60 })
   })
   after(() => server?.close())
 
@@ -107,6 +107,7 @@ describe('bad options reject with a clear error', () => {
     [{ shutdownGrace: -1 }, RangeError, /invalid shutdownGrace -1/],
     [{ maxBody: 0 }, RangeError, /invalid maxBody 0/],
     [{ fairBy: 'nobody' }, RangeError, /invalid fairBy "nobody"/],
+    [{ schedule: 'fastest-first' }, RangeError, /invalid schedule "fastest-first"/],
     [{ maxInflight: 0 }, RangeError, /invalid maxInflight 0: expected a whole number from 1 to 1000/],
     [{ maxWait: -2 }, RangeError, /invalid maxWait -2/],
     [{ signal: {} }, TypeError, /"signal" must be an AbortSignal/],
