@@ -62,17 +62,7 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
 pub async fn health_check(url: Option<&str>, listen: SocketAddr) -> i32 {
     let base = match url {
         Some(url) => url.trim_end_matches('/').to_string(),
-        None => {
-            let mut addr = listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(if addr.is_ipv4() {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                } else {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                });
-            }
-            format!("http://{addr}")
-        }
+        None => crate::server::base_url(listen),
     };
     let target = format!("{base}/toklock/health");
     let request = match Request::get(&target).body(Empty::<Bytes>::new()) {

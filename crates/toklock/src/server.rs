@@ -121,15 +121,7 @@ impl ProxyHandle {
     /// What `ANTHROPIC_BASE_URL` should be set to. A wildcard listen address is shown as
     /// loopback, which is what a local agent can reach.
     pub fn base_url(&self) -> String {
-        let mut addr = self.inner.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(if addr.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        format!("http://{addr}")
+        base_url(self.inner.addr)
     }
 
     /// Stop accepting; let in-flight requests and streams finish within the grace period.
@@ -157,6 +149,20 @@ impl ProxyHandle {
     pub fn is_closed(&self) -> bool {
         *self.inner.done.borrow()
     }
+}
+
+/// `http://ADDR` for a listen address, with a wildcard IP shown as loopback: what a client on
+/// this machine can connect to.
+pub fn base_url(listen: SocketAddr) -> String {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    format!("http://{addr}")
 }
 
 async fn run(proxy: Proxy, mut control: watch::Receiver<Control>) {
