@@ -161,3 +161,63 @@ fn env_twins_configure_the_listener() {
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(0));
 }
+
+/// The first signal drains (an open stream keeps the process alive); a second one exits at
+/// once with 130.
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = mock_anthropic::MockServer::start(mock_anthropic::MockConfig {
+        tokens_per_sec: 5.0,
+        default_output_tokens: 200,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--port", "0", "--log", "warn", "--upstream", &mock.url()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let url = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        let url = lines.by_ref().map_while(Result::ok).find_map(|l| {
+            l.trim()
+                .strip_prefix("export ANTHROPIC_BASE_URL=")
+                .map(str::to_string)
+        });
+        std::thread::spawn(move || lines.for_each(drop));
+        url
+    })
+    .await
+    .unwrap()
+    .expect("banner");
+
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":200,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let request = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 64];
+    let n = stream.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the open stream should keep toklock draining"
+    );
+    let started = Instant::now();
+    signal(&child, "INT");
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(130));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(stream);
+}
