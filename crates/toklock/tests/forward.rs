@@ -10,21 +10,11 @@ use http::StatusCode;
 use mock_anthropic::MockConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SONNET: &str = "claude-sonnet-4-5";
-
 #[tokio::test]
 async fn json_round_trip_keeps_status_headers_and_body() {
     let pair = Pair::start(MockConfig::default(), |_| {}).await;
-    let response = send(
-        &client(),
-        post(
-            &pair.url("/v1/messages"),
-            message_body(SONNET, 32, false),
-            &[],
-        ),
-    )
-    .await;
-    let (status, headers, body) = collect(response).await;
+    let body = message_body(SONNET, 32, false);
+    let (status, headers, body) = call(&pair.url("/v1/messages"), body, &[]).await;
     assert_eq!(status, StatusCode::OK);
     let message = json(&body);
     assert_eq!(message["type"], "message");
@@ -52,15 +42,7 @@ async fn sse_frames_are_not_buffered() {
     };
     let pair = Pair::start(mock, |_| {}).await;
     let started = Instant::now();
-    let response = send(
-        &client(),
-        post(
-            &pair.url("/v1/messages"),
-            message_body(SONNET, 40, true),
-            &[],
-        ),
-    )
-    .await;
+    let response = open_stream(&pair, 40).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()["content-type"]
         .to_str()
@@ -160,20 +142,13 @@ async fn hop_by_hop_headers_are_dropped_and_the_rest_pass_untouched() {
 
 #[tokio::test]
 async fn compressed_bodies_pass_unchanged() {
-    let pair = Pair::start(
-        MockConfig {
-            gzip: true,
-            ..MockConfig::default()
-        },
-        |_| {},
-    )
-    .await;
-    let request = post(
-        &pair.url("/v1/messages"),
-        message_body(SONNET, 16, false),
-        &[("accept-encoding", "gzip")],
-    );
-    let (status, headers, body) = collect(send(&client(), request).await).await;
+    let mock = MockConfig {
+        gzip: true,
+        ..MockConfig::default()
+    };
+    let pair = Pair::start(mock, |_| {}).await;
+    let (url, body) = (pair.url("/v1/messages"), message_body(SONNET, 16, false));
+    let (status, headers, body) = call(&url, body, &[("accept-encoding", "gzip")]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-encoding"], "gzip");
     assert_eq!(
@@ -191,31 +166,17 @@ async fn compressed_bodies_pass_unchanged() {
 #[tokio::test]
 async fn head_probe_models_and_count_tokens_pass_through() {
     let pair = Pair::start(MockConfig::default(), |_| {}).await;
-    let c = client();
-    let head = http::Request::head(pair.url("/"))
-        .body(Default::default())
-        .unwrap();
-    let (status, _, body) = collect(send(&c, head).await).await;
+    let (status, _, body) = head(&pair.url("/")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.is_empty());
 
-    let models = http::Request::get(pair.url("/v1/models"))
-        .header("x-api-key", KEY)
-        .header("anthropic-version", "2023-06-01")
-        .body(Default::default())
-        .unwrap();
-    let (status, _, body) = collect(send(&c, models).await).await;
+    let (status, _, body) = get(&pair.url("/v1/models"), true).await;
     assert_eq!(status, StatusCode::OK);
     assert!(json(&body)["data"]
         .as_array()
         .is_some_and(|d| !d.is_empty()));
 
-    let count = post(
-        &pair.url("/v1/messages/count_tokens"),
-        message_body(SONNET, 1, false),
-        &[],
-    );
-    let (status, _, body) = collect(send(&c, count).await).await;
+    let (status, _, body) = count_tokens(&pair).await;
     assert_eq!(status, StatusCode::OK);
     assert!(json(&body)["input_tokens"].as_u64().unwrap() > 0);
 }
@@ -227,8 +188,7 @@ async fn oversized_bodies_get_413_and_never_reach_the_upstream() {
         "{{\"model\":\"{SONNET}\",\"pad\":\"{}\"}}",
         "x".repeat(5000)
     );
-    let (status, _, body) =
-        collect(send(&client(), post(&pair.url("/v1/messages"), big.clone(), &[])).await).await;
+    let (status, _, body) = call(&pair.url("/v1/messages"), big.clone(), &[]).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     let error = json(&body);
     assert_eq!(error["type"], "error");
@@ -255,8 +215,7 @@ async fn oversized_bodies_get_413_and_never_reach_the_upstream() {
 async fn dead_upstream_is_502_naming_the_host_not_the_key() {
     let proxy = start_proxy("http://127.0.0.1:1", |_| {}).await;
     let url = format!("{}/v1/messages", proxy.base_url());
-    let (status, _, body) =
-        collect(send(&client(), post(&url, message_body(SONNET, 8, false), &[])).await).await;
+    let (status, _, body) = call(&url, message_body(SONNET, 8, false), &[]).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     let error = json(&body);
     assert_eq!(error["error"]["type"], "api_error");
@@ -272,18 +231,7 @@ async fn silent_upstream_is_504() {
         ..MockConfig::default()
     };
     let pair = Pair::start(mock, |c| c.upstream_timeout = Duration::from_millis(300)).await;
-    let (status, _, body) = collect(
-        send(
-            &client(),
-            post(
-                &pair.url("/v1/messages"),
-                message_body(SONNET, 8, false),
-                &[],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let (status, _, body) = messages(&pair, SONNET, &[]).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(json(&body)["error"]["type"], "timeout_error");
 }
@@ -296,15 +244,7 @@ async fn client_going_away_mid_stream_drops_the_upstream_request() {
         ..MockConfig::default()
     };
     let pair = Pair::start(mock, |_| {}).await;
-    let response = send(
-        &client(),
-        post(
-            &pair.url("/v1/messages"),
-            message_body(SONNET, 100, true),
-            &[],
-        ),
-    )
-    .await;
+    let response = open_stream(&pair, 100).await;
     let mut body = response.into_body();
     next_frame(&mut body).await.expect("first frame");
     assert_eq!(pair.mock.active(), 1);
@@ -330,15 +270,7 @@ async fn graceful_shutdown_finishes_an_open_stream() {
         ..MockConfig::default()
     };
     let pair = Pair::start(mock, |c| c.shutdown_grace = Duration::from_secs(20)).await;
-    let response = send(
-        &client(),
-        post(
-            &pair.url("/v1/messages"),
-            message_body(SONNET, 30, true),
-            &[],
-        ),
-    )
-    .await;
+    let response = open_stream(&pair, 30).await;
     let mut body = response.into_body();
     next_frame(&mut body).await.expect("first frame");
 
@@ -372,18 +304,12 @@ async fn graceful_shutdown_finishes_an_open_stream() {
 #[tokio::test]
 async fn health_endpoint_and_reserved_prefix() {
     let pair = Pair::start(MockConfig::default(), |_| {}).await;
-    let c = client();
-    let get = |path: &str| {
-        http::Request::get(pair.url(path))
-            .body(Default::default())
-            .unwrap()
-    };
-    let (status, _, body) = collect(send(&c, get("/toklock/health")).await).await;
+    let (status, _, body) = get(&pair.url("/toklock/health"), false).await;
     assert_eq!(status, StatusCode::OK);
     let health = json(&body);
     assert_eq!(health["status"], "ok");
     assert_eq!(health["version"], toklock::VERSION);
-    let (status, _, body) = collect(send(&c, get("/toklock/nope")).await).await;
+    let (status, _, body) = get(&pair.url("/toklock/nope"), false).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(json(&body)["error"]["type"], "not_found_error");
     assert!(pair.mock.records().is_empty(), "/toklock/ is never proxied");

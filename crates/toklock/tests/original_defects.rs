@@ -10,18 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use mock_anthropic::MockConfig;
 use toklock::agent::FairBy;
-
-fn pressured() -> MockConfig {
-    MockConfig {
-        input_tokens_per_minute: 60_000,
-        initial_fill: 0.05,
-        tokens_per_sec: 400.0,
-        default_output_tokens: 16,
-        ..MockConfig::default()
-    }
-}
 
 /// Runs three client processes (8 connections, 1 and 1) for a few seconds with no agent
 /// names, and returns the successful requests of each.
@@ -103,13 +92,9 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// while a paused lane holds a queued request.
 #[tokio::test]
 async fn no_busy_polling_while_idle_or_paused() {
-    let mock = mock_anthropic::MockServer::start(MockConfig {
-        requests_per_minute: 1,
-        initial_fill: 0.0,
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap();
+    let mock = mock_anthropic::MockServer::start(empty_bucket(1))
+        .await
+        .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_toklock"))
         .args(["--port", "0", "--log", "warn", "--upstream", &mock.url()])
         .stderr(Stdio::piped())
@@ -137,16 +122,7 @@ async fn no_busy_polling_while_idle_or_paused() {
 
     // One request meets an empty bucket: 429 with a long retry-after, the lane pauses, the
     // request waits in its queue.
-    let waiting = tokio::spawn({
-        let url = format!("{url}/v1/messages");
-        async move {
-            send(
-                &client(),
-                post(&url, message_body("claude-sonnet-4-5", 8, false), &[]),
-            )
-            .await
-        }
-    });
+    let waiting = spawn_messages(format!("{url}/v1/messages"), SONNET, &[]);
     assert!(eventually(Duration::from_secs(5), || mock.rate_limited_count() >= 1).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let paused_before = cpu_ticks(pid);
@@ -184,11 +160,6 @@ async fn the_image_listens_on_all_interfaces() {
         proxy.base_url(),
         format!("http://127.0.0.1:{}", proxy.local_addr().port())
     );
-    let health = http::Request::get(format!("{}/toklock/health", proxy.base_url()))
-        .body(Default::default())
-        .unwrap();
-    assert_eq!(
-        collect(send(&client(), health).await).await.0,
-        StatusCode::OK
-    );
+    let health = format!("{}/toklock/health", proxy.base_url());
+    assert_eq!(get(&health, false).await.0, StatusCode::OK);
 }

@@ -12,25 +12,23 @@ use common::*;
 use http::StatusCode;
 use mock_anthropic::MockConfig;
 
-const SONNET: &str = "claude-sonnet-4-5";
-const OPUS: &str = "claude-opus-4-1";
-const HAIKU: &str = "claude-haiku-4-5";
-
 /// Outcome counts per agent: status code → number of responses.
 type Tally = Arc<Mutex<BTreeMap<String, BTreeMap<u16, u32>>>>;
 
-/// Runs `loops` concurrent request loops for one agent until `until`, counting statuses.
-fn agent_loops(
+/// For each `(agent, loops)`, runs `loops` concurrent streaming request loops for `run`,
+/// with `extra` headers, waits for them all and returns the statuses each agent saw.
+async fn run_agents(
     pair: &Pair,
-    agent: &str,
-    loops: usize,
-    until: Instant,
+    agents: &[(&str, usize)],
+    run: Duration,
     extra: Vec<(&'static str, String)>,
-    stream: bool,
-    tally: Tally,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..loops)
-        .map(|_| {
+) -> Tally {
+    let tally: Tally = Default::default();
+    let until = Instant::now() + run;
+    let tasks: Vec<_> = agents
+        .iter()
+        .flat_map(|&(agent, loops)| (0..loops).map(move |_| agent))
+        .map(|agent| {
             let url = pair.url("/v1/messages");
             let agent = agent.to_string();
             let extra = extra.clone();
@@ -41,7 +39,7 @@ fn agent_loops(
                     let mut headers: Vec<(&str, &str)> = vec![("x-toklock-agent", &agent)];
                     headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
                     let response =
-                        send(&c, post(&url, message_body(SONNET, 16, stream), &headers)).await;
+                        send(&c, post(&url, message_body(SONNET, 16, true), &headers)).await;
                     let (status, _, _) = collect(response).await;
                     // Only the window in which every agent was backlogged counts: requests
                     // still queued at the deadline would skew toward the greediest agent.
@@ -58,7 +56,11 @@ fn agent_loops(
                 }
             })
         })
-        .collect()
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    tally
 }
 
 fn ok_count(tally: &Tally, agent: &str) -> u32 {
@@ -83,18 +85,6 @@ fn non_ok(tally: &Tally) -> Vec<(String, u16, u32)> {
         .collect()
 }
 
-/// An upstream that starts empty and refills 1,000 input tokens a second; each request
-/// costs 200, so about five requests a second fit.
-fn pressured() -> MockConfig {
-    MockConfig {
-        input_tokens_per_minute: 60_000,
-        initial_fill: 0.05,
-        tokens_per_sec: 400.0,
-        default_output_tokens: 16,
-        ..MockConfig::default()
-    }
-}
-
 fn cost_200() -> Vec<(&'static str, String)> {
     vec![("x-mock-input-tokens", "200".to_string())]
 }
@@ -106,30 +96,8 @@ async fn greedy_agent_gets_its_share_and_no_caller_sees_a_429() {
         c.scheduler.pause_below = 600;
     })
     .await;
-    let tally: Tally = Default::default();
-    let until = Instant::now() + Duration::from_secs(8);
-    let mut tasks = agent_loops(&pair, "greedy", 8, until, cost_200(), true, tally.clone());
-    tasks.extend(agent_loops(
-        &pair,
-        "steady-b",
-        1,
-        until,
-        cost_200(),
-        true,
-        tally.clone(),
-    ));
-    tasks.extend(agent_loops(
-        &pair,
-        "steady-c",
-        1,
-        until,
-        cost_200(),
-        true,
-        tally.clone(),
-    ));
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let agents = [("greedy", 8), ("steady-b", 1), ("steady-c", 1)];
+    let tally = run_agents(&pair, &agents, Duration::from_secs(8), cost_200()).await;
 
     assert!(
         non_ok(&tally).is_empty(),
@@ -171,12 +139,8 @@ async fn streams_hold_their_slot_until_the_body_ends() {
         ..MockConfig::default()
     };
     let pair = Pair::start(mock, |_| {}).await;
-    let tally: Tally = Default::default();
-    let until = Instant::now() + Duration::from_millis(1500);
-    let tasks = agent_loops(&pair, "streamer", 8, until, vec![], true, tally.clone());
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let run = Duration::from_millis(1500);
+    let tally = run_agents(&pair, &[("streamer", 8)], run, vec![]).await;
     assert!(non_ok(&tally).is_empty());
     assert_eq!(
         pair.mock.peak_concurrency(),
@@ -198,76 +162,36 @@ async fn tier_one_limits_do_not_trap_toklock_in_the_slow_lane() {
         ..MockConfig::default()
     };
     let pair = Pair::start(mock, |_| {}).await;
-    let tally: Tally = Default::default();
-    let until = Instant::now() + Duration::from_millis(1200);
-    let tasks = agent_loops(&pair, "tier1", 6, until, vec![], true, tally.clone());
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let run = Duration::from_millis(1200);
+    let tally = run_agents(&pair, &[("tier1", 6)], run, vec![]).await;
     assert!(non_ok(&tally).is_empty(), "{:?}", non_ok(&tally));
     assert_eq!(pair.mock.peak_concurrency(), 3);
+}
+
+/// Sends a request for `agent` into an empty bucket and waits until the upstream has answered
+/// it with a 429: the lane is paused and the request waits at the front of its queue.
+async fn meets_a_429(pair: &Pair, agent: &str) -> tokio::task::JoinHandle<Reply> {
+    let url = pair.url("/v1/messages");
+    let request = spawn_messages(url, SONNET, &[("x-toklock-agent", agent)]);
+    let limited = || pair.mock.rate_limited_count() >= 1;
+    assert!(eventually(Duration::from_secs(5), limited).await);
+    request
 }
 
 #[tokio::test]
 async fn a_429_goes_back_to_the_front_and_the_caller_never_sees_it() {
     // One request a second, starting empty: the first call gets a 429 with retry-after.
-    let mock = MockConfig {
-        requests_per_minute: 60,
-        initial_fill: 0.0,
-        ..MockConfig::default()
-    };
-    let pair = Pair::start(mock, |_| {}).await;
-    let c = client();
-    let first = tokio::spawn({
-        let (c, url) = (c.clone(), pair.url("/v1/messages"));
-        async move {
-            collect(
-                send(
-                    &c,
-                    post(
-                        &url,
-                        message_body(SONNET, 8, false),
-                        &[("x-toklock-agent", "first")],
-                    ),
-                )
-                .await,
-            )
-            .await
-        }
-    });
-    assert!(
-        eventually(Duration::from_secs(5), || pair.mock.rate_limited_count()
-            >= 1)
-        .await
-    );
+    let pair = Pair::start(empty_bucket(60), |_| {}).await;
+    let first = meets_a_429(&pair, "first").await;
+    let url = pair.url("/v1/messages");
     // Others arrive while the lane is paused; none may jump ahead of the requeued request.
     let others: Vec<_> = ["second", "third"]
         .into_iter()
-        .map(|agent| {
-            let (c, url) = (c.clone(), pair.url("/v1/messages"));
-            tokio::spawn(async move {
-                collect(
-                    send(
-                        &c,
-                        post(
-                            &url,
-                            message_body(SONNET, 8, false),
-                            &[("x-toklock-agent", agent)],
-                        ),
-                    )
-                    .await,
-                )
-                .await
-            })
-        })
+        .map(|agent| spawn_messages(url.clone(), SONNET, &[("x-toklock-agent", agent)]))
         .collect();
     let (status, headers, _) = first.await.unwrap();
     assert_eq!(status, StatusCode::OK, "the caller must not see the 429");
-    let waited: u64 = headers["x-toklock-queue-ms"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let waited = header_u64(&headers, "x-toklock-queue-ms");
     assert!(
         waited >= 300,
         "the queue wait should include the pause, got {waited} ms"
@@ -291,50 +215,11 @@ async fn a_429_goes_back_to_the_front_and_the_caller_never_sees_it() {
 
 #[tokio::test]
 async fn a_queued_client_that_leaves_never_reaches_the_upstream() {
-    let mock = MockConfig {
-        requests_per_minute: 30,
-        initial_fill: 0.0,
-        ..MockConfig::default()
-    };
-    let pair = Pair::start(mock, |_| {}).await;
-    let c = client();
+    let pair = Pair::start(empty_bucket(30), |_| {}).await;
     // The first request meets an empty bucket and pauses the lane for about two seconds.
-    let warm = tokio::spawn({
-        let (c, url) = (c.clone(), pair.url("/v1/messages"));
-        async move {
-            collect(
-                send(
-                    &c,
-                    post(
-                        &url,
-                        message_body(SONNET, 8, false),
-                        &[("x-toklock-agent", "warm")],
-                    ),
-                )
-                .await,
-            )
-            .await
-        }
-    });
-    assert!(
-        eventually(Duration::from_secs(5), || pair.mock.rate_limited_count()
-            >= 1)
-        .await
-    );
-    let gone = tokio::spawn({
-        let (c, url) = (c.clone(), pair.url("/v1/messages"));
-        async move {
-            send(
-                &c,
-                post(
-                    &url,
-                    message_body(SONNET, 8, false),
-                    &[("x-toklock-agent", "gone")],
-                ),
-            )
-            .await
-        }
-    });
+    let warm = meets_a_429(&pair, "warm").await;
+    let url = pair.url("/v1/messages");
+    let gone = spawn_messages(url, SONNET, &[("x-toklock-agent", "gone")]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     gone.abort();
     let _ = gone.await;
@@ -355,27 +240,13 @@ async fn a_queued_client_that_leaves_never_reaches_the_upstream() {
 
 #[tokio::test]
 async fn spend_limit_and_do_not_retry_429s_reach_the_caller_at_once() {
-    let pair = Pair::start(
-        MockConfig {
-            spend_limit_reached: true,
-            ..MockConfig::default()
-        },
-        |_| {},
-    )
-    .await;
+    let mock = MockConfig {
+        spend_limit_reached: true,
+        ..MockConfig::default()
+    };
+    let pair = Pair::start(mock, |_| {}).await;
     let started = Instant::now();
-    let (status, _, body) = collect(
-        send(
-            &client(),
-            post(
-                &pair.url("/v1/messages"),
-                message_body(SONNET, 8, false),
-                &[],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let (status, _, body) = messages(&pair, SONNET, &[]).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         json(&body)["error"]["details"]["error_code"],
@@ -385,26 +256,12 @@ async fn spend_limit_and_do_not_retry_429s_reach_the_caller_at_once() {
     assert_eq!(pair.mock.records().len(), 1, "never retried");
 
     // A request too big to ever fit: the mock says x-should-retry: false.
-    let pair = Pair::start(
-        MockConfig {
-            input_tokens_per_minute: 1_000,
-            ..MockConfig::default()
-        },
-        |_| {},
-    )
-    .await;
-    let (status, headers, _) = collect(
-        send(
-            &client(),
-            post(
-                &pair.url("/v1/messages"),
-                message_body(SONNET, 8, false),
-                &[("x-mock-input-tokens", "5000")],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let mock = MockConfig {
+        input_tokens_per_minute: 1_000,
+        ..MockConfig::default()
+    };
+    let pair = Pair::start(mock, |_| {}).await;
+    let (status, headers, _) = messages(&pair, SONNET, &[("x-mock-input-tokens", "5000")]).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(headers["x-should-retry"], "false");
     assert_eq!(pair.mock.records().len(), 1);
@@ -419,18 +276,7 @@ async fn subscription_rejections_are_not_queued_for_hours() {
     };
     let pair = Pair::start(mock, |_| {}).await;
     let started = Instant::now();
-    let (status, headers, _) = collect(
-        send(
-            &client(),
-            post(
-                &pair.url("/v1/messages"),
-                message_body(SONNET, 8, false),
-                &[],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let (status, headers, _) = messages(&pair, SONNET, &[]).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(headers["anthropic-ratelimit-unified-status"], "rejected");
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -438,58 +284,25 @@ async fn subscription_rejections_are_not_queued_for_hours() {
 
 /// Drains one lane (a request bucket of 2 a minute), then checks another lane is not slowed.
 async fn drain_then_time_other(
-    pair: &Pair,
     drained: &[(&str, &str)],
     other: &[(&str, &str)],
     model_drained: &str,
     model_other: &str,
 ) -> Duration {
-    let c = client();
+    let mock = MockConfig {
+        requests_per_minute: 2,
+        ..MockConfig::default()
+    };
+    let pair = Pair::start(mock, |_| {}).await;
     for _ in 0..2 {
-        let (status, _, _) = collect(
-            send(
-                &c,
-                post(
-                    &pair.url("/v1/messages"),
-                    message_body(model_drained, 8, false),
-                    drained,
-                ),
-            )
-            .await,
-        )
-        .await;
+        let (status, _, _) = messages(&pair, model_drained, drained).await;
         assert_eq!(status, StatusCode::OK);
     }
     // The third waits about 30 s for its lane to refill; leave it queued.
-    let stuck = tokio::spawn({
-        let (c, url) = (c.clone(), pair.url("/v1/messages"));
-        let body = message_body(model_drained, 8, false);
-        let headers: Vec<(String, String)> = drained
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        async move {
-            let headers: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            send(&c, post(&url, body, &headers)).await
-        }
-    });
+    let stuck = spawn_messages(pair.url("/v1/messages"), model_drained, drained);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let (status, _, _) = collect(
-        send(
-            &c,
-            post(
-                &pair.url("/v1/messages"),
-                message_body(model_other, 8, false),
-                other,
-            ),
-        )
-        .await,
-    )
-    .await;
+    let (status, _, _) = messages(&pair, model_other, other).await;
     assert_eq!(status, StatusCode::OK);
     let elapsed = started.elapsed();
     assert!(
@@ -502,16 +315,7 @@ async fn drain_then_time_other(
 
 #[tokio::test]
 async fn two_api_keys_have_independent_budgets() {
-    let pair = Pair::start(
-        MockConfig {
-            requests_per_minute: 2,
-            ..MockConfig::default()
-        },
-        |_| {},
-    )
-    .await;
     let elapsed = drain_then_time_other(
-        &pair,
         &[("x-api-key", "sk-ant-key-one")],
         &[("x-api-key", "sk-ant-key-two")],
         SONNET,
@@ -526,15 +330,7 @@ async fn two_api_keys_have_independent_budgets() {
 
 #[tokio::test]
 async fn a_drained_opus_budget_does_not_slow_haiku() {
-    let pair = Pair::start(
-        MockConfig {
-            requests_per_minute: 2,
-            ..MockConfig::default()
-        },
-        |_| {},
-    )
-    .await;
-    let elapsed = drain_then_time_other(&pair, &[], &[], OPUS, HAIKU).await;
+    let elapsed = drain_then_time_other(&[], &[], OPUS, HAIKU).await;
     assert!(
         elapsed < Duration::from_secs(2),
         "haiku waited {elapsed:?} behind opus"
@@ -545,50 +341,17 @@ async fn a_drained_opus_budget_does_not_slow_haiku() {
 async fn a_drained_lane_resumes_on_partial_refill_not_full_reset() {
     // 1,000 input tokens a second. The first request leaves 500 of 60,000: full refill is
     // about a minute away, but the pause watermark (3,000) is back in about 2.5 s.
-    let pair = Pair::start(
-        MockConfig {
-            input_tokens_per_minute: 60_000,
-            ..MockConfig::default()
-        },
-        |_| {},
-    )
-    .await;
-    let c = client();
-    let (status, headers, _) = collect(
-        send(
-            &c,
-            post(
-                &pair.url("/v1/messages"),
-                message_body(SONNET, 8, false),
-                &[("x-mock-input-tokens", "59500")],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let mock = MockConfig {
+        input_tokens_per_minute: 60_000,
+        ..MockConfig::default()
+    };
+    let pair = Pair::start(mock, |_| {}).await;
+    let (status, headers, _) = messages(&pair, SONNET, &[("x-mock-input-tokens", "59500")]).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        headers["anthropic-ratelimit-input-tokens-remaining"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            < 1_000
-    );
+    assert!(header_u64(&headers, "anthropic-ratelimit-input-tokens-remaining") < 1_000);
 
     let started = Instant::now();
-    let (status, headers, _) = collect(
-        send(
-            &c,
-            post(
-                &pair.url("/v1/messages"),
-                message_body(SONNET, 8, false),
-                &[("x-mock-input-tokens", "100")],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let (status, headers, _) = messages(&pair, SONNET, &[("x-mock-input-tokens", "100")]).await;
     let elapsed = started.elapsed();
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -599,51 +362,19 @@ async fn a_drained_lane_resumes_on_partial_refill_not_full_reset() {
         elapsed < Duration::from_secs(15),
         "paused until full refill? took {elapsed:?}"
     );
-    assert!(
-        headers["x-toklock-queue-ms"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1500
-    );
+    assert!(header_u64(&headers, "x-toklock-queue-ms") >= 1500);
 
     // Non-inference calls never wait behind a paused lane: queue a request that needs most
     // of a minute's refill, then probe.
-    let waiting = tokio::spawn({
-        let (c, url) = (c.clone(), pair.url("/v1/messages"));
-        async move {
-            send(
-                &c,
-                post(
-                    &url,
-                    message_body(SONNET, 8, false),
-                    &[("x-mock-input-tokens", "59000")],
-                ),
-            )
-            .await
-        }
-    });
+    let most_of_a_minute = [("x-mock-input-tokens", "59000")];
+    let waiting = spawn_messages(pair.url("/v1/messages"), SONNET, &most_of_a_minute);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let count = post(
-        &pair.url("/v1/messages/count_tokens"),
-        message_body(SONNET, 1, false),
-        &[],
-    );
-    assert_eq!(collect(send(&c, count).await).await.0, StatusCode::OK);
-    let models = http::Request::get(pair.url("/v1/models"))
-        .header("x-api-key", KEY)
-        .header("anthropic-version", "2023-06-01")
-        .body(Default::default())
-        .unwrap();
-    let (status, headers, _) = collect(send(&c, models).await).await;
+    assert_eq!(count_tokens(&pair).await.0, StatusCode::OK);
+    let (status, headers, _) = get(&pair.url("/v1/models"), true).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["x-toklock-queue-ms"], "0");
-    let head = http::Request::head(pair.url("/"))
-        .body(Default::default())
-        .unwrap();
-    assert_eq!(collect(send(&c, head).await).await.0, StatusCode::OK);
+    assert_eq!(head(&pair.url("/")).await.0, StatusCode::OK);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "pass-through calls waited {:?}",
@@ -664,18 +395,7 @@ async fn overloaded_upstream_is_retried_then_passed_through() {
     })
     .await;
     pair.mock.update(|c| c.fail_next_overloaded = 2);
-    let (status, _, _) = collect(
-        send(
-            &client(),
-            post(
-                &pair.url("/v1/messages"),
-                message_body(SONNET, 8, false),
-                &[],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let (status, _, _) = messages(&pair, SONNET, &[]).await;
     assert_eq!(status, StatusCode::OK, "two 529s are retried away");
     assert_eq!(pair.mock.overloaded_count(), 2);
 
@@ -686,18 +406,7 @@ async fn overloaded_upstream_is_retried_then_passed_through() {
     })
     .await;
     pair.mock.update(|c| c.fail_next_overloaded = 5);
-    let (status, _, body) = collect(
-        send(
-            &client(),
-            post(
-                &pair.url("/v1/messages"),
-                message_body(SONNET, 8, false),
-                &[],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let (status, _, body) = messages(&pair, SONNET, &[]).await;
     assert_eq!(
         status.as_u16(),
         529,
@@ -709,25 +418,10 @@ async fn overloaded_upstream_is_retried_then_passed_through() {
 
 #[tokio::test]
 async fn max_wait_answers_504_never_429() {
-    let mock = MockConfig {
-        requests_per_minute: 1,
-        initial_fill: 0.0,
-        ..MockConfig::default()
-    };
+    let mock = empty_bucket(1);
     let pair = Pair::start(mock, |c| c.max_wait = Some(Duration::from_millis(800))).await;
     let started = Instant::now();
-    let (status, _, body) = collect(
-        send(
-            &client(),
-            post(
-                &pair.url("/v1/messages"),
-                message_body(SONNET, 8, false),
-                &[],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let (status, _, body) = messages(&pair, SONNET, &[]).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     let error = json(&body);
     assert_eq!(error["error"]["type"], "timeout_error");
@@ -745,8 +439,7 @@ async fn queue_memory_is_capped_with_a_503() {
     })
     .await;
     let big = format!("{{\"model\":\"{SONNET}\",\"max_tokens\":8,\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}", "x".repeat(2_000));
-    let (status, _, body) =
-        collect(send(&client(), post(&pair.url("/v1/messages"), big, &[])).await).await;
+    let (status, _, body) = call(&pair.url("/v1/messages"), big, &[]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let error = json(&body);
     assert_eq!(error["error"]["type"], "overloaded_error");
@@ -756,36 +449,15 @@ async fn queue_memory_is_capped_with_a_503() {
         .contains("--max-queued-bytes"));
     assert!(pair.mock.records().is_empty());
     // Small requests still go through.
-    let (status, _, _) = collect(
-        send(
-            &client(),
-            post(
-                &pair.url("/v1/messages"),
-                message_body(SONNET, 8, false),
-                &[],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let (status, _, _) = messages(&pair, SONNET, &[]).await;
     assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn agent_path_prefix_is_stripped_before_forwarding() {
     let pair = Pair::start(MockConfig::default(), |_| {}).await;
-    let (status, headers, _) = collect(
-        send(
-            &client(),
-            post(
-                &pair.url("/a/alice/v1/messages?beta=true"),
-                message_body(SONNET, 8, false),
-                &[],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let body = message_body(SONNET, 8, false);
+    let (status, headers, _) = call(&pair.url("/a/alice/v1/messages?beta=true"), body, &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert!(headers.contains_key("x-toklock-queue-ms"));
     let record = pair.mock.records().pop().unwrap();
@@ -794,39 +466,12 @@ async fn agent_path_prefix_is_stripped_before_forwarding() {
 
 #[tokio::test]
 async fn status_and_metrics_report_what_happened() {
-    let mock = MockConfig {
-        requests_per_minute: 60,
-        initial_fill: 0.0,
-        ..MockConfig::default()
-    };
-    let pair = Pair::start(mock, |_| {}).await;
-    let c = client();
-    let (status, _, _) = collect(
-        send(
-            &c,
-            post(
-                &pair.url("/v1/messages"),
-                message_body(SONNET, 8, false),
-                &[],
-            ),
-        )
-        .await,
-    )
-    .await;
+    let pair = Pair::start(empty_bucket(60), |_| {}).await;
+    let (status, _, _) = messages(&pair, SONNET, &[]).await;
     assert_eq!(status, StatusCode::OK);
-    let models = http::Request::get(pair.url("/v1/models"))
-        .header("x-api-key", KEY)
-        .header("anthropic-version", "2023-06-01")
-        .body(Default::default())
-        .unwrap();
-    collect(send(&c, models).await).await;
+    get(&pair.url("/v1/models"), true).await;
 
-    let get = |path: &str| {
-        http::Request::get(pair.url(path))
-            .body(Default::default())
-            .unwrap()
-    };
-    let (status, headers, body) = collect(send(&c, get("/toklock/metrics")).await).await;
+    let (status, headers, body) = get(&pair.url("/toklock/metrics"), false).await;
     assert_eq!(status, StatusCode::OK);
     assert!(headers["content-type"]
         .to_str()
@@ -848,7 +493,7 @@ async fn status_and_metrics_report_what_happened() {
     assert!(value("toklock_queue_wait_seconds_sum") > 0.3);
     assert!(!text.contains(KEY), "metrics must never carry a key");
 
-    let (status, _, body) = collect(send(&c, get("/toklock/status")).await).await;
+    let (status, _, body) = get(&pair.url("/toklock/status"), false).await;
     assert_eq!(status, StatusCode::OK);
     let snapshot = json(&body);
     let lane = &snapshot["queue"]["lanes"][0];

@@ -13,7 +13,6 @@ use mock_anthropic::MockConfig;
 use toklock::scheduler::PolicyKind;
 use toklock::usage::UsageScanner;
 
-const SONNET: &str = "claude-sonnet-4-5";
 const OUTPUT: u64 = 5;
 /// Concurrent clients per agent: enough that each always has requests queued.
 const WORKERS: usize = 4;

@@ -14,6 +14,35 @@ use toklock::{Config, Proxy, ProxyHandle};
 
 pub const KEY: &str = "sk-ant-test-key-0001";
 
+pub const SONNET: &str = "claude-sonnet-4-5";
+pub const OPUS: &str = "claude-opus-4-1";
+pub const HAIKU: &str = "claude-haiku-4-5";
+
+/// An upstream allowing `requests_per_minute` that starts with an empty request bucket:
+/// the first request gets a 429 with a retry-after.
+pub fn empty_bucket(requests_per_minute: u64) -> MockConfig {
+    MockConfig {
+        requests_per_minute,
+        initial_fill: 0.0,
+        ..MockConfig::default()
+    }
+}
+
+/// A whole response: status, headers, body bytes.
+pub type Reply = (StatusCode, HeaderMap, Bytes);
+
+/// An upstream that starts empty and refills 1,000 input tokens a second; each request
+/// costs 200, so about five requests a second fit.
+pub fn pressured() -> MockConfig {
+    MockConfig {
+        input_tokens_per_minute: 60_000,
+        initial_fill: 0.05,
+        tokens_per_sec: 400.0,
+        default_output_tokens: 16,
+        ..MockConfig::default()
+    }
+}
+
 pub struct Pair {
     pub mock: MockServer,
     pub proxy: ProxyHandle,
@@ -83,7 +112,7 @@ pub async fn send(client: &TestClient, request: Request<Full<Bytes>>) -> Respons
 }
 
 /// Reads a whole response: status, headers, body bytes.
-pub async fn collect(response: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) {
+pub async fn collect(response: Response<Incoming>) -> Reply {
     let (parts, body) = response.into_parts();
     let bytes = tokio::time::timeout(Duration::from_secs(30), body.collect())
         .await
@@ -91,6 +120,78 @@ pub async fn collect(response: Response<Incoming>) -> (StatusCode, HeaderMap, By
         .expect("body reads")
         .to_bytes();
     (parts.status, parts.headers, bytes)
+}
+
+/// POSTs `body` to `url` (with `post`'s default headers, then `headers`) on a fresh client
+/// and reads the whole response.
+pub async fn call(url: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Reply {
+    collect(send(&client(), post(url, body, headers)).await).await
+}
+
+/// A short non-streaming Messages call (`max_tokens` 8) through the proxy.
+pub async fn messages(pair: &Pair, model: &str, headers: &[(&str, &str)]) -> Reply {
+    call(
+        &pair.url("/v1/messages"),
+        message_body(model, 8, false),
+        headers,
+    )
+    .await
+}
+
+/// A `count_tokens` call through the proxy.
+pub async fn count_tokens(pair: &Pair) -> Reply {
+    let body = message_body(SONNET, 1, false);
+    call(&pair.url("/v1/messages/count_tokens"), body, &[]).await
+}
+
+/// The same call as `messages` to `url`, on its own task, so it can queue while the test
+/// goes on (or be aborted).
+pub fn spawn_messages(
+    url: String,
+    model: &str,
+    headers: &[(&str, &str)],
+) -> tokio::task::JoinHandle<Reply> {
+    let body = message_body(model, 8, false);
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::spawn(async move {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        call(&url, body, &headers).await
+    })
+}
+
+/// A streaming Messages request through the proxy; the body is left for the test to read.
+pub async fn open_stream(pair: &Pair, max_tokens: u64) -> Response<Incoming> {
+    let body = message_body(SONNET, max_tokens, true);
+    send(&client(), post(&pair.url("/v1/messages"), body, &[])).await
+}
+
+/// GET `url`, as an API client would (`with_key`) or bare, and read the whole response.
+pub async fn get(url: &str, with_key: bool) -> Reply {
+    let mut request = Request::get(url);
+    if with_key {
+        request = request
+            .header("x-api-key", KEY)
+            .header("anthropic-version", "2023-06-01");
+    }
+    let request = request.body(Default::default()).unwrap();
+    collect(send(&client(), request).await).await
+}
+
+/// HEAD `url` with no headers, and read the whole response.
+pub async fn head(url: &str) -> Reply {
+    let request = Request::head(url).body(Default::default()).unwrap();
+    collect(send(&client(), request).await).await
+}
+
+/// A header that holds a number, such as `x-toklock-queue-ms`.
+pub fn header_u64(headers: &HeaderMap, name: &str) -> u64 {
+    headers[name].to_str().unwrap().parse().unwrap()
 }
 
 pub fn json(bytes: &[u8]) -> serde_json::Value {
