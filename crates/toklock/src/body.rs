@@ -142,6 +142,7 @@ mod tests {
     fn queue(policy: PolicyKind) -> Queue {
         Queue::with_scheduler(Scheduler::new(SchedulerConfig {
             policy,
+            probe_new_lanes: false,
             ..SchedulerConfig::default()
         }))
     }

@@ -164,6 +164,10 @@ pub struct Budget {
     /// Set when a pause starts; holds the lane at 1 in flight until a response arrives after
     /// the pause is over.
     restarting: bool,
+    /// Some response (2xx or not) has come back since the lane was created. Until then the
+    /// lane sends one request at a time; an upstream that sends no rate-limit headers at all
+    /// is then left at full width.
+    heard_back: bool,
     rate_limit_strikes: u32,
     overload_strikes: u32,
 }
@@ -181,6 +185,7 @@ impl Budget {
             in_flight: 0,
             penalty_until: None,
             restarting: false,
+            heard_back: !config.probe_new_lanes,
             rate_limit_strikes: 0,
             overload_strikes: 0,
         }
@@ -228,6 +233,7 @@ impl Budget {
     /// widen again as far as its headers allow.
     pub fn observe(&mut self, obs: &Observation, success: bool, now: Instant) {
         self.absorb(obs);
+        self.heard_back = true;
         if success {
             self.rate_limit_strikes = 0;
             self.overload_strikes = 0;
@@ -239,6 +245,7 @@ impl Budget {
     /// ran out; without that, backoff (1 s doubling to 60 s by default). Returns the pause.
     pub fn on_rate_limited(&mut self, obs: &Observation, now: Instant) -> Duration {
         self.absorb(obs);
+        self.heard_back = true;
         self.rate_limit_strikes = self.rate_limit_strikes.saturating_add(1);
         let delay = obs
             .retry_after
@@ -252,6 +259,7 @@ impl Budget {
     /// half and all of the backoff; `jitter_unit` in `[0, 1]`). Returns the pause.
     pub fn on_overloaded(&mut self, obs: &Observation, jitter_unit: f64, now: Instant) -> Duration {
         self.absorb(obs);
+        self.heard_back = true;
         self.overload_strikes = self.overload_strikes.saturating_add(1);
         let delay = obs.retry_after.unwrap_or_else(|| {
             let full = self.overload_backoff.delay(self.overload_strikes);
@@ -347,7 +355,9 @@ impl Budget {
                     state.level_at(now) < slow_at as f64
                 })
             });
-        if any_low || self.restarting {
+        // A new lane knows nothing of its budget: one request finds out, instead of
+        // max_inflight of them meeting an empty bucket at once.
+        if any_low || self.restarting || !self.heard_back {
             LaneState::Low
         } else {
             LaneState::Plenty
@@ -420,8 +430,12 @@ mod tests {
         Duration::from_secs_f64(s)
     }
 
+    /// A budget that starts at full width, so tests of the watermarks need no warm-up.
     fn budget() -> Budget {
-        Budget::new(&SchedulerConfig::default())
+        Budget::new(&SchedulerConfig {
+            probe_new_lanes: false,
+            ..SchedulerConfig::default()
+        })
     }
 
     /// An observation at `at` of one bucket: (limit, remaining, reset after `at`).
@@ -457,12 +471,26 @@ mod tests {
     }
 
     #[test]
-    fn unknown_budget_is_plenty() {
-        let b = budget();
+    fn unknown_budget_sends_one_request_first() {
         let t0 = Instant::now();
+        let mut b = Budget::new(&SchedulerConfig::default());
+        assert_eq!(
+            b.allowed_inflight(t0),
+            1,
+            "a new lane probes with one request"
+        );
+        // Any answer, even one without rate-limit headers, tells it what it needs.
+        b.observe(&Observation::empty(t0), true, t0);
         assert_eq!(b.state(t0), LaneState::Plenty);
         assert_eq!(b.allowed_inflight(t0), 3);
         assert_eq!(b.pause_until(t0), None);
+
+        let unprobed = budget();
+        assert_eq!(
+            unprobed.allowed_inflight(t0),
+            3,
+            "probing can be turned off"
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!   each has its own [`Budget`], agent queues and fairness policy, so a drained Opus budget
 //!   never delays Haiku requests or another key's requests.
 //! * Inside a lane, one FIFO per agent; a [`Policy`] picks which agent's head goes next:
-//!   [`RoundRobin`] (one request per agent per turn, the default) or [`TokenFair`] (by the
-//!   real tokens each agent's requests consumed, charged through [`Scheduler::charge`]).
+//!   round-robin (one request per agent per turn, the default: [`TokenFair::per_request`]) or
+//!   [`TokenFair`] (by the real tokens each agent's requests consumed, charged through
+//!   [`Scheduler::charge`]).
 //! * A request sent back by a 429/529 waits at the lane's front: it is the next one dispatched
 //!   on that lane, before anything the policy would pick.
 //! * Memory is bounded by body bytes (queued + in flight) against `max_queued_bytes`; empty agent
@@ -44,6 +45,9 @@ pub struct SchedulerConfig {
     /// 529/503 without `retry-after`; jittered.
     pub overload_backoff: Backoff,
     pub policy: PolicyKind,
+    /// A new lane sends one request until a response comes back, instead of `max_inflight`
+    /// into a budget it knows nothing about (which may be empty: one 429, not three).
+    pub probe_new_lanes: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -63,6 +67,7 @@ impl Default for SchedulerConfig {
                 cap: Duration::from_secs(30),
             },
             policy: PolicyKind::RoundRobin,
+            probe_new_lanes: true,
         }
     }
 }
@@ -180,7 +185,7 @@ pub enum PolicyKind {
 impl PolicyKind {
     pub fn build(self) -> Box<dyn Policy> {
         match self {
-            PolicyKind::RoundRobin => Box::new(RoundRobin::default()),
+            PolicyKind::RoundRobin => Box::new(TokenFair::per_request()),
             PolicyKind::TokenFair => Box::new(TokenFair::new()),
         }
     }
@@ -188,30 +193,6 @@ impl PolicyKind {
     /// Whether the policy uses real usage, so response bodies are worth scanning for it.
     pub fn charges_usage(self) -> bool {
         matches!(self, PolicyKind::TokenFair)
-    }
-}
-
-/// Takes turns: one request per backlogged agent per round, whatever each has queued.
-#[derive(Debug, Default)]
-pub struct RoundRobin {
-    ring: VecDeque<AgentKey>,
-}
-
-impl Policy for RoundRobin {
-    fn activate(&mut self, agent: &AgentKey) {
-        if !self.ring.contains(agent) {
-            self.ring.push_back(agent.clone());
-        }
-    }
-
-    fn deactivate(&mut self, agent: &AgentKey) {
-        self.ring.retain(|active| active != agent);
-    }
-
-    fn pick(&mut self) -> Option<AgentKey> {
-        let next = self.ring.pop_front()?;
-        self.ring.push_back(next.clone());
-        Some(next)
     }
 }
 
@@ -736,6 +717,7 @@ mod tests {
         Scheduler::with_jitter(
             SchedulerConfig {
                 max_inflight,
+                probe_new_lanes: false,
                 ..SchedulerConfig::default()
             },
             Box::new(FixedJitter(1.0)),
@@ -857,22 +839,33 @@ mod tests {
         assert_eq!(counters["big"], 80_000);
         assert_eq!(counters["small"], 40_000);
 
-        // Everyone leaves: small owes nothing and is forgotten; big's debt is kept while
-        // the lane lives.
+        // Everyone leaves: big's debt is kept while the lane lives.
         let ids: Vec<RequestId> = owner.keys().copied().collect();
         for id in ids {
             s.cancel(id);
         }
-        let counters = &s.snapshot(now).lanes[0].fair_share_tokens;
-        assert_eq!(counters.keys().collect::<Vec<_>>(), ["big"]);
+        assert!(s.snapshot(now).lanes[0]
+            .fair_share_tokens
+            .contains_key("big"));
 
-        // A request cancelled while requeued at the front finishes for the policy too.
+        // A request cancelled while requeued at the front finishes for the policy too: once
+        // another agent has been served for a while, c (owing nothing) is forgotten. Were it
+        // still counted as in flight, it would be remembered forever.
         let c = s.enqueue(agent("c"), lane.clone(), 1, now).unwrap();
         assert_eq!(s.next_dispatches(now), vec![c]);
         s.on_rate_limited(c, &retry_after(now, 1.0), now);
         assert!(s.snapshot(now).lanes[0].fair_share_tokens.contains_key("c"));
         s.cancel(c);
-        assert!(!s.snapshot(now).lanes[0].fair_share_tokens.contains_key("c"));
+        let later = now + Duration::from_secs(5);
+        for _ in 0..4 {
+            let d = s.enqueue(agent("d"), lane.clone(), 1, later).unwrap();
+            assert_eq!(s.next_dispatches(later), vec![d]);
+            s.charge(d, 100_000);
+            s.on_complete(d);
+        }
+        assert!(!s.snapshot(later).lanes[0]
+            .fair_share_tokens
+            .contains_key("c"));
     }
 
     #[test]
@@ -1023,6 +1016,7 @@ mod tests {
         let mut s = Scheduler::with_jitter(
             SchedulerConfig {
                 overload_retries: 2,
+                probe_new_lanes: false,
                 ..SchedulerConfig::default()
             },
             Box::new(FixedJitter(1.0)),

@@ -8,9 +8,15 @@
 //! * The backlogged agent with the smallest counter goes next; among equal counters, the one
 //!   that has waited longest since it was last served or became backlogged (so equals take
 //!   turns, round-robin).
-//! * An agent that becomes backlogged is lifted to at least the smallest counter of the agents
-//!   already backlogged (or, if none is, the counter of the agent served last): idle time banks
-//!   no credit, and a newcomer does not starve the others until it has caught up.
+//! * An agent that comes back after a real absence (the others were served more than about a
+//!   round each meanwhile) is lifted to at least the smallest counter of the agents already
+//!   backlogged (or, if none is, the counter of the agent served last): idle time banks no
+//!   credit, and a newcomer does not starve the others until it has caught up. An agent that
+//!   is merely between its own requests (a client that sends one at a time has nothing queued
+//!   while its request runs) is not lifted, so it keeps the share it is owed.
+//!
+//! With [`TokenFair::per_request`] every dispatch costs one and usage is ignored: that is the
+//! default round-robin policy (one request per agent per turn).
 //!
 //! Costs are never guessed. A dispatched request costs nothing until the upstream reports its
 //! usage: for a stream, its input as soon as the stream opens (`message_start`) and its output
@@ -21,8 +27,9 @@
 //! nothing.
 //!
 //! Memory: an agent's counter is kept while it has queued or in-flight requests (a charge may
-//! still come). Once it has neither, the counter is dropped as soon as it is no higher than
-//! the lift it would get on coming back (then forgetting it loses nothing). A counter higher
+//! still come). Once it has neither and has been away for a round, the counter is dropped if
+//! it is no higher than the lift it would get on coming back (then forgetting it loses
+//! nothing). A counter higher
 //! than that is debt still to work off: it is kept, so that a one-request-at-a-time agent
 //! (every Claude Code agent) cannot shed its debt by going idle between turns. Idle debtors
 //! are capped at [`MAX_IDLE_DEBTORS`] per lane, the smallest debts dropped first, and a whole
@@ -44,6 +51,11 @@ pub struct TokenFair {
     floor: u64,
     /// Ticks on every activation and pick; orders equal counters.
     clock: u64,
+    /// Requests picked so far in this lane: how much service others got while an agent was
+    /// away, which decides whether it is lifted on its return.
+    picks: u64,
+    /// Charge one unit per dispatched request instead of reported tokens: round-robin.
+    per_request: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +68,8 @@ struct Account {
     turn: u64,
     /// Dispatched and not finished: charges may still come.
     outstanding: u32,
+    /// `picks` when the agent last ran out of work (nothing queued, nothing in flight).
+    away_since: u64,
 }
 
 impl Account {
@@ -65,8 +79,30 @@ impl Account {
 }
 
 impl TokenFair {
+    /// Fair by the tokens each agent's requests consumed.
     pub fn new() -> TokenFair {
         TokenFair::default()
+    }
+
+    /// Fair by requests: every dispatch costs one, so backlogged agents take turns. Unlike a
+    /// plain ring, an agent that sends one request at a time keeps its place while its
+    /// request runs, instead of rejoining at the back each time.
+    pub fn per_request() -> TokenFair {
+        TokenFair {
+            per_request: true,
+            ..TokenFair::default()
+        }
+    }
+
+    /// Agents that have queued or in-flight work.
+    fn active_agents(&self) -> u64 {
+        self.accounts.values().filter(|a| !a.idle()).count() as u64
+    }
+
+    /// Whether an agent with no work has been gone longer than a pause between its own
+    /// requests: the others have had about a round each since.
+    fn away(&self, account: &Account) -> bool {
+        account.idle() && self.picks.saturating_sub(account.away_since) > self.active_agents() + 1
     }
 
     /// The agent's counter, if it is remembered.
@@ -92,7 +128,7 @@ impl TokenFair {
         if !account.idle() {
             return;
         }
-        if account.counter <= self.floor {
+        if account.counter <= self.floor && self.away(account) {
             self.accounts.remove(agent);
         } else if self.accounts.len() > MAX_IDLE_DEBTORS {
             self.trim_idle();
@@ -103,8 +139,15 @@ impl TokenFair {
     /// the cap (down to half of it, so this runs rarely).
     fn trim_idle(&mut self) {
         let floor = self.floor;
-        self.accounts
-            .retain(|_, account| !(account.idle() && account.counter <= floor));
+        let settled: Vec<AgentKey> = self
+            .accounts
+            .iter()
+            .filter(|(_, account)| account.counter <= floor && self.away(account))
+            .map(|(agent, _)| agent.clone())
+            .collect();
+        for agent in settled {
+            self.accounts.remove(&agent);
+        }
         let mut idle: Vec<(u64, AgentKey)> = self
             .accounts
             .iter()
@@ -124,9 +167,15 @@ impl TokenFair {
 
 impl Policy for TokenFair {
     fn activate(&mut self, agent: &AgentKey) {
-        if self.accounts.get(agent).is_some_and(|a| a.backlogged) {
+        let known = self.accounts.get(agent).copied();
+        if known.is_some_and(|a| a.backlogged) {
             return;
         }
+        // An agent that comes back before the others have had about one round each was not
+        // away: it was between its own requests (a client that sends one at a time has
+        // nothing queued while its request runs). Lifting it would erase the share it is
+        // owed; only a real absence, while others were served, banks credit to take away.
+        let continuous = known.is_some_and(|a| !self.away(&a));
         let lift = self
             .accounts
             .values()
@@ -140,15 +189,22 @@ impl Policy for TokenFair {
             backlogged: false,
             turn,
             outstanding: 0,
+            away_since: 0,
         });
-        account.counter = account.counter.max(lift);
+        if !continuous {
+            account.counter = account.counter.max(lift);
+            account.turn = turn;
+        }
         account.backlogged = true;
-        account.turn = turn;
     }
 
     fn deactivate(&mut self, agent: &AgentKey) {
+        let picks = self.picks;
         if let Some(account) = self.accounts.get_mut(agent) {
             account.backlogged = false;
+            if account.idle() {
+                account.away_since = picks;
+            }
         }
         self.forget_if_settled(agent);
     }
@@ -161,6 +217,7 @@ impl Policy for TokenFair {
             .min_by_key(|(_, account)| (account.counter, account.turn))
             .map(|(agent, account)| (agent.clone(), account.counter))?;
         let turn = self.tick();
+        self.picks += 1;
         if let Some(account) = self.accounts.get_mut(&agent) {
             account.turn = turn;
         }
@@ -182,24 +239,39 @@ impl Policy for TokenFair {
             backlogged: false,
             turn,
             outstanding: 0,
+            away_since: 0,
         });
         account.outstanding = account.outstanding.saturating_add(1);
+        if self.per_request {
+            account.counter = account.counter.saturating_add(1);
+        }
     }
 
     fn charge(&mut self, agent: &AgentKey, tokens: u64) {
+        if self.per_request {
+            return;
+        }
         if let Some(account) = self.accounts.get_mut(agent) {
             account.counter = account.counter.saturating_add(tokens);
         }
     }
 
     fn finished(&mut self, agent: &AgentKey) {
+        let picks = self.picks;
         if let Some(account) = self.accounts.get_mut(agent) {
             account.outstanding = account.outstanding.saturating_sub(1);
+            if account.idle() {
+                account.away_since = picks;
+            }
         }
         self.forget_if_settled(agent);
     }
 
     fn counters(&self) -> Vec<(AgentKey, u64)> {
+        // Request counts are not token shares; round-robin has nothing worth showing.
+        if self.per_request {
+            return Vec::new();
+        }
         self.accounts
             .iter()
             .map(|(agent, account)| (agent.clone(), account.counter))
@@ -343,11 +415,15 @@ mod tests {
         assert_eq!(serve(&mut policy, |_| 1_000), "b");
         assert_eq!(serve(&mut policy, |_| 1_000), "b");
 
-        // b's queue empties and its last request ends: b is at or below the floor, so its
-        // counter goes (coming back, it would be lifted at least that high anyway).
+        // b's queue empties and its last request ends. Between its own requests it keeps
+        // its counter; once a has been served for a round meanwhile, b is away, at or below
+        // the floor, and its counter goes (coming back, it would be lifted that high anyway).
         policy.deactivate(&agent("b"));
         assert!(policy.counter(&agent("b")).is_some_and(|c| c <= 5_000));
         serve(&mut policy, |_| 1_000); // a, floor 5 000
+        serve(&mut policy, |_| 1_000); // a
+        assert!(policy.counter(&agent("b")).is_some(), "not away yet");
+        serve(&mut policy, |_| 1_000); // a: b has been away a round
         assert_eq!(policy.counter(&agent("b")), None);
         policy.deactivate(&agent("a"));
         assert_eq!(policy.remembered(), 1, "a's 1 000 of debt is kept");
@@ -378,5 +454,43 @@ mod tests {
         let last = agent(&format!("a{}", 3 * MAX_IDLE_DEBTORS - 1));
         assert!(policy.counter(&last).is_some());
         assert_eq!(policy.counter(&agent("a0")), None);
+    }
+
+    /// A client that sends one request at a time has nothing queued while its request runs.
+    /// It must keep what it is owed across that gap: a big agent that always has work, and
+    /// two small one-at-a-time agents, end up with similar token shares.
+    #[test]
+    fn one_request_at_a_time_agents_keep_what_they_are_owed() {
+        let mut policy = TokenFair::new();
+        let (big, b, c) = (agent("big"), agent("b"), agent("c"));
+        for name in [&big, &b, &c] {
+            policy.activate(name);
+        }
+        let cost = |name: &AgentKey| if *name == big { 40_000 } else { 1_000 };
+        let mut tokens: HashMap<AgentKey, u64> = HashMap::new();
+        // One slot. A small agent's request leaves its queue empty; when it finishes, the
+        // slot is handed on before the client's next request arrives.
+        let mut returning: Option<AgentKey> = None;
+        for _ in 0..400 {
+            let picked = policy.pick().unwrap();
+            policy.dispatched(&picked, 0);
+            if picked != big {
+                policy.deactivate(&picked);
+            }
+            policy.charge(&picked, cost(&picked));
+            policy.finished(&picked);
+            *tokens.entry(picked.clone()).or_default() += cost(&picked);
+            if let Some(back) = returning.take() {
+                policy.activate(&back);
+            }
+            if picked != big {
+                returning = Some(picked);
+            }
+        }
+        let (big_t, b_t, c_t) = (tokens[&big], tokens[&b], tokens[&c]);
+        assert!(
+            big_t <= 2 * b_t.min(c_t) + 40_000,
+            "big {big_t}, b {b_t}, c {c_t}"
+        );
     }
 }

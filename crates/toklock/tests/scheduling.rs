@@ -501,3 +501,28 @@ async fn status_and_metrics_report_what_happened() {
     assert_eq!(lane["credential"].as_str().unwrap().len(), 12);
     assert!(!body.windows(KEY.len()).any(|w| w == KEY.as_bytes()));
 }
+
+#[tokio::test]
+async fn a_new_lane_probes_with_one_request_before_going_wide() {
+    // The budget is empty and toklock has never heard from it: five callers at once must cost
+    // one upstream 429, not one per slot.
+    let pair = Pair::start(empty_bucket(120), |_| {}).await;
+    let url = pair.url("/v1/messages");
+    let callers: Vec<_> = (0..5)
+        .map(|i| {
+            spawn_messages(
+                url.clone(),
+                SONNET,
+                &[("x-toklock-agent", &format!("agent-{i}"))],
+            )
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().0, StatusCode::OK);
+    }
+    assert_eq!(
+        pair.mock.rate_limited_count(),
+        1,
+        "only the probe may meet the empty bucket"
+    );
+}
