@@ -368,9 +368,61 @@ impl Budget {
     pub fn allowed_inflight(&self, now: Instant) -> usize {
         match self.state(now) {
             LaneState::Paused => 0,
-            LaneState::Low => 1,
+            LaneState::Low if self.restarting || !self.heard_back => 1,
+            LaneState::Low => self.graded_width(now),
             LaneState::Plenty => self.max_inflight,
         }
+    }
+
+    /// Width of a low lane. A step from `max_inflight` straight to 1 at the slow watermark
+    /// would hold a saturated lane (whose level hovers just above the pause watermark) at one
+    /// request at a time, which cannot use the refill when requests take longer than a
+    /// refill step. So the width grows with the estimated level, from 1 at the pause
+    /// watermark to `max_inflight` at the slow watermark. More in flight drains the level and
+    /// narrows the lane again, so dispatch settles at the rate the bucket refills.
+    fn graded_width(&self, now: Instant) -> usize {
+        let max = self.max_inflight.max(1);
+        let mut width = max;
+        for bucket in Bucket::ALL.into_iter().filter(|bucket| bucket.is_tokens()) {
+            let Some(state) = self.buckets[bucket.index()] else {
+                continue;
+            };
+            let (slow_at, pause_at) = self.watermarks(state.limit);
+            let level = state.level_at(now);
+            if level >= slow_at as f64 {
+                continue;
+            }
+            let span = slow_at.saturating_sub(pause_at).max(1) as f64;
+            let fraction = ((level - pause_at as f64) / span).clamp(0.0, 1.0);
+            width = width.min(1 + ((max - 1) as f64 * fraction).floor() as usize);
+        }
+        width.max(1)
+    }
+
+    /// When refill alone will next let a low lane widen, so a queued request need not wait
+    /// for the next response to be sent. `None` when the lane is not in the graded range.
+    pub fn widens_at(&self, now: Instant) -> Option<Instant> {
+        if self.state(now) != LaneState::Low || self.restarting || !self.heard_back {
+            return None;
+        }
+        let max = self.max_inflight.max(1);
+        let next = self.graded_width(now) + 1;
+        if next > max {
+            return None;
+        }
+        let fraction = (next - 1) as f64 / (max - 1).max(1) as f64;
+        Bucket::ALL
+            .into_iter()
+            .filter(|bucket| bucket.is_tokens())
+            .filter_map(|bucket| {
+                let state = self.buckets[bucket.index()]?;
+                let (slow_at, pause_at) = self.watermarks(state.limit);
+                let span = slow_at.saturating_sub(pause_at) as f64;
+                let target = pause_at as f64 + span * fraction;
+                (state.level_at(now) < target).then(|| state.time_to_reach(target))
+            })
+            .max()
+            .filter(|&at| at > now)
     }
 
     /// Whether one more request may be sent now.
@@ -504,7 +556,12 @@ mod tests {
         );
         assert_eq!(b.state(t0), LaneState::Plenty);
 
+        // Low: the width grows with the level between the pause (3 000) and slow (10 000)
+        // watermarks, from 1 up to max_inflight.
         b.observe(&reading(t0, Bucket::Tokens, 400_000, 9_000, 59.0), true, t0);
+        assert_eq!(b.state(t0), LaneState::Low);
+        assert_eq!(b.allowed_inflight(t0), 2);
+        b.observe(&reading(t0, Bucket::Tokens, 400_000, 4_000, 59.0), true, t0);
         assert_eq!(b.state(t0), LaneState::Low);
         assert_eq!(b.allowed_inflight(t0), 1);
 
@@ -735,5 +792,32 @@ mod tests {
         obs.buckets[Bucket::Tokens.index()].remaining = Some(0);
         b.observe(&obs, true, t0);
         assert_eq!(b.pause_until(t0), Some(t0 + UNKNOWN_REFILL_WAIT));
+    }
+
+    #[test]
+    fn a_low_lane_widens_as_it_refills_and_says_when() {
+        let t0 = Instant::now();
+        let mut b = budget();
+        // 60 000 a minute, 1 000 a second; 3 500 left: just above the pause watermark.
+        b.observe(
+            &reading(t0, Bucket::InputTokens, 60_000, 3_500, 56.5),
+            true,
+            t0,
+        );
+        assert_eq!(b.allowed_inflight(t0), 1);
+        // Width 2 needs the midpoint of 3 000 and 10 000: 6 500, three seconds of refill.
+        let at = b.widens_at(t0).expect("it will widen");
+        let wait = at.duration_since(t0).as_secs_f64();
+        assert!((2.9..3.1).contains(&wait), "widens after {wait} s");
+        assert_eq!(b.allowed_inflight(at + secs(0.01)), 2);
+        // At the slow watermark it is plenty, and there is nothing more to wait for.
+        let later = t0 + secs(7.0);
+        assert_eq!(b.state(later), LaneState::Plenty);
+        assert_eq!(b.widens_at(later), None);
+        // Right after a pause the lane stays at one until a response arrives.
+        let mut limited = Observation::empty(t0);
+        limited.retry_after = Some(secs(1.0));
+        b.on_rate_limited(&limited, t0);
+        assert_eq!(b.widens_at(t0 + secs(1.5)), None);
     }
 }

@@ -514,7 +514,8 @@ impl Scheduler {
             .filter(|lane| lane.has_queued())
             .filter_map(|lane| match lane.budget.pause_until(now) {
                 Some(until) => Some(until),
-                None => lane.budget.has_room(now).then_some(now),
+                None if lane.budget.has_room(now) => Some(now),
+                None => lane.budget.widens_at(now),
             })
             .min()
     }
