@@ -1,35 +1,21 @@
 //! The `toklock` binary as a user runs it: banner, errors, signals, exit codes.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_toklock");
 
-/// Starts toklock on a free port and returns it with the base URL from its banner.
-fn start(extra: &[&str]) -> (Child, String, BufReader<std::process::ChildStderr>) {
-    let mut child = Command::new(BIN)
-        .args(["--port", "0", "--upstream", "http://127.0.0.1:1"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("toklock starts");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        line.clear();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(url) = line.trim().strip_prefix("export ANTHROPIC_BASE_URL=") {
-            return (child, url.to_string(), stderr);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("no banner from toklock");
+/// Starts toklock on a free port (with a dead upstream) and returns it with its base URL.
+fn start(extra: &[&str]) -> (Child, String) {
+    let args = [
+        &["--port", "0", "--upstream", "http://127.0.0.1:1"][..],
+        extra,
+    ]
+    .concat();
+    common::spawn_toklock(&args, &[])
 }
 
 fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
@@ -54,7 +40,7 @@ fn signal(child: &Child, name: &str) {
 #[test]
 fn sigterm_and_sigint_exit_zero() {
     for sig in ["TERM", "INT"] {
-        let (mut child, url, _err) = start(&[]);
+        let (mut child, url) = start(&[]);
         assert!(url.starts_with("http://127.0.0.1:"));
         signal(&child, sig);
         assert_eq!(
@@ -67,7 +53,7 @@ fn sigterm_and_sigint_exit_zero() {
 
 #[test]
 fn health_subcommand_reports_a_running_proxy() {
-    let (mut child, url, _err) = start(&[]);
+    let (mut child, url) = start(&[]);
     let out = Command::new(BIN)
         .args(["health", "--url", &url])
         .output()
@@ -174,25 +160,15 @@ async fn a_second_signal_exits_at_once() {
     })
     .await
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--port", "0", "--log", "warn", "--upstream", &mock.url()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stderr).lines();
-        let url = lines.by_ref().map_while(Result::ok).find_map(|l| {
-            l.trim()
-                .strip_prefix("export ANTHROPIC_BASE_URL=")
-                .map(str::to_string)
-        });
-        std::thread::spawn(move || lines.for_each(drop));
-        url
+    let upstream = mock.url();
+    let (mut child, url) = tokio::task::spawn_blocking(move || {
+        common::spawn_toklock(
+            &["--port", "0", "--log", "warn", "--upstream", &upstream],
+            &[],
+        )
     })
     .await
-    .unwrap()
-    .expect("banner");
+    .unwrap();
 
     let addr = url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -95,25 +95,15 @@ async fn no_busy_polling_while_idle_or_paused() {
     let mock = mock_anthropic::MockServer::start(empty_bucket(1))
         .await
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_toklock"))
-        .args(["--port", "0", "--log", "warn", "--upstream", &mock.url()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let url = lines.by_ref().map_while(Result::ok).find_map(|l| {
-            l.strip_prefix("  export ANTHROPIC_BASE_URL=")
-                .map(str::to_string)
-        });
-        std::thread::spawn(move || lines.for_each(drop));
-        url
+    let upstream = mock.url();
+    let (mut child, url) = tokio::task::spawn_blocking(move || {
+        spawn_toklock(
+            &["--port", "0", "--log", "warn", "--upstream", &upstream],
+            &[],
+        )
     })
     .await
-    .unwrap()
-    .expect("banner");
+    .unwrap();
     let pid = child.id();
 
     let idle_before = cpu_ticks(pid);

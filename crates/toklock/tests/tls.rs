@@ -2,8 +2,9 @@
 //! toklock must trust the system store (corporate CAs), negotiate HTTP/2 by ALPN, and answer
 //! a clear 502 when the certificate is not trusted.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +15,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
-
-const BIN: &str = env!("CARGO_BIN_EXE_toklock");
 
 /// Serves HTTPS on 127.0.0.1 with a self-signed certificate for `localhost`; every answer
 /// says which HTTP version it was asked in. Returns the port and the certificate's PEM.
@@ -66,29 +65,14 @@ async fn https_upstream() -> (u16, String) {
 }
 
 fn start_toklock(upstream: &str, cert_file: Option<&std::path::Path>) -> (Child, String) {
-    let mut command = Command::new(BIN);
-    command
-        .args(["--port", "0", "--log", "warn", "--upstream", upstream])
-        .env_remove("SSL_CERT_FILE")
-        .env_remove("SSL_CERT_DIR")
-        .stderr(Stdio::piped());
-    if let Some(file) = cert_file {
-        command.env("SSL_CERT_FILE", file);
-    }
-    let mut child = command.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let url = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("export ANTHROPIC_BASE_URL=")
-                .map(str::to_string)
-        })
-        .expect("banner");
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, url)
+    let cert_file = cert_file.map(|path| path.to_string_lossy().into_owned());
+    common::spawn_toklock(
+        &["--port", "0", "--log", "warn", "--upstream", upstream],
+        &[
+            ("SSL_CERT_FILE", cert_file.as_deref()),
+            ("SSL_CERT_DIR", None),
+        ],
+    )
 }
 
 async fn get(url: &str) -> (StatusCode, http::HeaderMap, Bytes) {

@@ -223,3 +223,39 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
     }
     check()
 }
+
+/// Starts the `toklock` binary with `args` and returns it with the base URL from its banner.
+/// `env` sets (`Some`) or removes (`None`) variables. Its stderr is drained on a thread from
+/// then on, so it can never block on a full pipe. Blocking: call it from `spawn_blocking` in
+/// async tests.
+pub fn spawn_toklock(args: &[&str], env: &[(&str, Option<&str>)]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_toklock"));
+    command
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    let mut child = command.spawn().expect("toklock starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let url = lines.by_ref().map_while(Result::ok).find_map(|line| {
+        line.trim()
+            .strip_prefix("export ANTHROPIC_BASE_URL=")
+            .map(str::to_string)
+    });
+    std::thread::spawn(move || lines.for_each(drop));
+    match url {
+        Some(url) => (child, url),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("toklock printed no banner");
+        }
+    }
+}
