@@ -158,15 +158,12 @@ async fn forward(
     let mut slot = wait_turn(ticket, deadline, shared.config.max_wait).await?;
 
     loop {
-        let response = match send(body.clone()).await {
-            Ok(response) => response,
-            Err(err) => return Err(err),
-        };
+        let response = send(body.clone()).await?;
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let (parts, error_body) = response.into_parts();
+            let (mut parts, error_body) = response.into_parts();
             let error_body = read_capped(error_body).await;
-            match classify_429(&parts.headers, &error_body) {
+            match classify_429(&parts.headers, &readable(&parts.headers, &error_body)) {
                 Classified429::Retryable => {
                     shared.metrics.requeued_429();
                     tracing::info!(%lane, "upstream 429: requeued at the front");
@@ -182,15 +179,16 @@ async fn forward(
                     shared.metrics.passed_429();
                     tracing::warn!(%lane, ?reason, "upstream 429 passed to the caller");
                     slot.observe(status, &parts.headers);
+                    // The body is whole again; its length comes from the body itself.
+                    parts.headers.remove(header::CONTENT_LENGTH);
                     let mut response = Response::from_parts(parts, full(error_body));
                     set_queue_ms(&mut response, slot.queue_wait());
                     return Ok(response);
                 }
             }
         }
-        if status == StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
-            || status == StatusCode::SERVICE_UNAVAILABLE
-        {
+        // 529 overloaded_error, or a 503 from the API or a gateway in front of it.
+        if matches!(status.as_u16(), 529 | 503) {
             match slot.overloaded(response.headers()) {
                 Ok(ticket) => {
                     shared.metrics.overload_retry();
@@ -258,6 +256,29 @@ pub fn model_of(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// An error body as text for classification: SDKs ask for gzip, and a gzipped spend-limit 429
+/// read as gibberish would look like an ordinary one and be retried forever. The caller still
+/// gets the original bytes.
+fn readable<'a>(headers: &http::HeaderMap, body: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    if !gzip {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let mut text = Vec::new();
+    let decoder = flate2::read::GzDecoder::new(body);
+    // Capped like the body itself, so a hostile upstream cannot inflate it without bound.
+    match std::io::Read::read_to_end(
+        &mut std::io::Read::take(decoder, MAX_ERROR_BODY as u64),
+        &mut text,
+    ) {
+        Ok(_) => std::borrow::Cow::Owned(text),
+        Err(_) => std::borrow::Cow::Borrowed(body),
+    }
+}
+
 /// Reads an upstream error body, keeping at most `MAX_ERROR_BODY` bytes.
 async fn read_capped(body: Incoming) -> Bytes {
     let read = Limited::new(body, MAX_ERROR_BODY).collect();
@@ -307,6 +328,24 @@ mod tests {
         assert!(!is_scheduled(&Method::GET, "/v1/models"));
         assert!(!is_scheduled(&Method::HEAD, "/"));
         assert!(!is_scheduled(&Method::GET, "/v1/messages"));
+    }
+
+    #[test]
+    fn gzipped_error_bodies_are_read_for_classification() {
+        use std::io::Write;
+        let json = br#"{"type":"error","error":{"type":"rate_limit_error","message":"cap","details":{"error_code":"enforced_spend_limit_reached"}}}"#;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(json).unwrap();
+        let gz = encoder.finish().unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        assert_eq!(&*readable(&headers, &gz), &json[..]);
+        assert!(matches!(
+            classify_429(&headers, &readable(&headers, &gz)),
+            Classified429::PassThrough(_)
+        ));
+        assert_eq!(&*readable(&http::HeaderMap::new(), json), &json[..]);
+        assert_eq!(&*readable(&headers, b"not gzip"), b"not gzip");
     }
 
     #[test]

@@ -255,6 +255,21 @@ async fn spend_limit_and_do_not_retry_429s_reach_the_caller_at_once() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(pair.mock.records().len(), 1, "never retried");
 
+    // The same, gzipped (the SDKs ask for gzip): still recognised, still passed on as sent.
+    let mock = MockConfig {
+        spend_limit_reached: true,
+        gzip: true,
+        ..MockConfig::default()
+    };
+    let pair = Pair::start(mock, |_| {}).await;
+    let started = Instant::now();
+    let (status, headers, body) = messages(&pair, SONNET, &[("accept-encoding", "gzip")]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(&body[..2], &[0x1f, 0x8b]);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(pair.mock.records().len(), 1, "never retried");
+
     // A request too big to ever fit: the mock says x-should-retry: false.
     let mock = MockConfig {
         input_tokens_per_minute: 1_000,
