@@ -102,7 +102,12 @@ impl TokenFair {
     /// Whether an agent with no work has been gone longer than a pause between its own
     /// requests: the others have had about a round each since.
     fn away(&self, account: &Account) -> bool {
-        account.idle() && self.picks.saturating_sub(account.away_since) > self.active_agents() + 1
+        self.away_given(account, self.active_agents())
+    }
+
+    /// `away`, with the count of active agents already taken (it costs a scan).
+    fn away_given(&self, account: &Account, active_agents: u64) -> bool {
+        account.idle() && self.picks.saturating_sub(account.away_since) > active_agents + 1
     }
 
     /// The agent's counter, if it is remembered.
@@ -139,10 +144,12 @@ impl TokenFair {
     /// the cap (down to half of it, so this runs rarely).
     fn trim_idle(&mut self) {
         let floor = self.floor;
+        // Counted once: per account it would make every trim quadratic in the agents kept.
+        let active = self.active_agents();
         let settled: Vec<AgentKey> = self
             .accounts
             .iter()
-            .filter(|(_, account)| account.counter <= floor && self.away(account))
+            .filter(|(_, account)| account.counter <= floor && self.away_given(account, active))
             .map(|(agent, _)| agent.clone())
             .collect();
         for agent in settled {
